@@ -1,0 +1,140 @@
+"""Command line of the data pipeline.
+
+    python -m data_pipeline record --env Pendulum-v1 --episodes 50 --policy random --seed 0 --out p.zarr
+    python -m data_pipeline ingest csv logs.csv --spec spec.yaml --out plant.zarr
+    python -m data_pipeline info p.zarr
+    python -m data_pipeline validate p.zarr
+    python -m data_pipeline export minari p.zarr --dataset-id twinworld/pendulum-random-v0
+
+Each command ends by printing what it produced as `key: value` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from data_pipeline.record import record
+
+    store = record(
+        args.env,
+        args.episodes,
+        args.out,
+        policy=args.policy,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        image_size=args.image_size,
+        max_episode_steps=args.max_episode_steps,
+        overwrite=args.overwrite,
+        append=args.append,
+        progress=not args.no_progress,
+    )
+    print(f"store: {args.out}")
+    print(f"episodes: {store.num_episodes}")
+    print(f"steps: {store.num_steps}")
+    store.close()
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from data_pipeline.info import describe
+
+    print(describe(args.store, stats=not args.no_stats))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from data_pipeline.info import validate_store
+
+    report = validate_store(args.store, repair=args.repair)
+    for key, value in report.items():
+        print(f"{key}: {value}")
+    return 0 if report["status"] == "ok" else 1
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    if args.format == "minari":
+        from data_pipeline.minari_io import import_minari
+
+        store = import_minari(args.input, args.out, overwrite=args.overwrite)
+    else:
+        from data_pipeline.ingest import ingest_file
+
+        store = ingest_file(args.format, args.input, args.spec, args.out, overwrite=args.overwrite,
+                            append=args.append)
+    print(f"store: {args.out}")
+    print(f"episodes: {store.num_episodes}")
+    print(f"steps: {store.num_steps}")
+    store.close()
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from data_pipeline.minari_io import export_minari
+
+    dataset_id = export_minari(args.store, args.dataset_id, data_path=args.data_path)
+    print(f"minari_dataset: {dataset_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("record", help="roll out a Gymnasium env with a policy into a store")
+    p.add_argument("--env", required=True, help="Gymnasium env id (classic control, MuJoCo or any registered env)")
+    p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
+    p.add_argument("--policy", default="random",
+                   help="'random', a stable-baselines3 policy .zip, or 'module:function' (batched obs -> actions)")
+    p.add_argument("--seed", type=int, default=0, help="episode k is reset with seed + k")
+    p.add_argument("--out", required=True, help="store path or fsspec URL")
+    p.add_argument("--num-envs", type=int, default=1, help="env copies stepped side by side")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="record the env's rendering resized to SIZE x SIZE RGB as the observation")
+    p.add_argument("--max-episode-steps", type=int, default=None, help="override the env's time limit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--append", action="store_true", help="append to an existing store (schema must match)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_record)
+
+    p = sub.add_parser("ingest", help="import sensor logs (csv, parquet) or a Minari dataset into a store")
+    p.add_argument("format", choices=["csv", "parquet", "minari"], help="input format")
+    p.add_argument("input", help="input file(s) (a glob is allowed) or, for minari, a dataset id")
+    p.add_argument("--spec", default=None, help="YAML spec mapping columns to channels (csv, parquet)")
+    p.add_argument("--out", required=True, help="store path or fsspec URL")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--append", action="store_true", help="append to an existing store (schema must match)")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("info", help="print episodes, steps, channels with units, time span and statistics")
+    p.add_argument("store", help="store path or fsspec URL")
+    p.add_argument("--no-stats", action="store_true", help="skip the per-channel statistics (a full read)")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("validate", help="check a store's structure and every chunk's checksum")
+    p.add_argument("store", help="store path")
+    p.add_argument("--repair", action="store_true", help="drop an uncommitted tail left by a crashed writer")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("export", help="export a store as a Minari dataset")
+    p.add_argument("format", choices=["minari"], help="output format")
+    p.add_argument("store", help="store path")
+    p.add_argument("--dataset-id", required=True, help="Minari dataset id, e.g. twinworld/pendulum-random-v0")
+    p.add_argument("--data-path", default=None, help="Minari datasets root (default: MINARI_DATASETS_PATH)")
+    p.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    np.set_printoptions(precision=4, suppress=True)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
