@@ -1,0 +1,191 @@
+"""Probabilistic ensemble of Gaussian MLPs (PETS / MBPO) over normalized state deltas.
+
+Each member predicts a Gaussian over (Δobs, reward) and a termination logit from (obs, action).
+Members train on their own bootstrap of each batch; the `elites` with the lowest validation loss
+are used for prediction. Rollouts use trajectory sampling (TS-∞): each imagined trajectory follows
+one elite member throughout, and the disagreement of the elites' means is the epistemic uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from data_pipeline.batch import Batch, Normalization
+from data_pipeline.schema import StoreSchema
+from worldmodel.interface import Prediction, State, WorldModel
+
+
+@dataclass
+class EnsembleConfig:
+    """Sizes and likelihood bounds of the ensemble."""
+
+    members: int = 7
+    """Number of ensemble members."""
+    elites: int = 5
+    """Members used for prediction, chosen by validation loss."""
+    hidden: int = 200
+    """Width of each hidden layer."""
+    layers: int = 4
+    """Number of hidden layers."""
+    min_logvar: float = -10.0
+    """Initial lower soft bound of the predicted log-variance (learned, as in PETS)."""
+    max_logvar: float = 0.5
+    """Initial upper soft bound of the predicted log-variance (learned)."""
+    plausible_margin: float = 0.25
+    """Imagined observations stay within the recorded range widened by this fraction of it."""
+
+
+class EnsembleLinear(nn.Module):
+    """`members` independent linear layers applied in one batched matmul: (E, N, in) -> (E, N, out)."""
+
+    def __init__(self, members: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(members, 1, d_out))
+        bound = 1.0 / math.sqrt(d_in)
+        nn.init.trunc_normal_(self.weight, std=bound, a=-2 * bound, b=2 * bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleWorldModel(WorldModel):
+    """PETS-style probabilistic ensemble implementing the WorldModel interface (vector observations)."""
+
+    model_type: ClassVar[str] = "ensemble"
+    config_class: ClassVar[type] = EnsembleConfig
+
+    def __init__(self, config: EnsembleConfig, schema: StoreSchema, normalization: Normalization) -> None:
+        super().__init__(config, schema, normalization)
+        if self.image_obs:
+            raise ValueError("the ensemble models vector observations; use model rssm or diffusion for images")
+        if not 1 <= config.elites <= config.members:
+            raise ValueError(f"ensemble: elites={config.elites} must be in [1, members={config.members}]")
+        d_in = self.obs_dim + self.action_dim
+        self.d_out = self.obs_dim + 1  # Δobs and reward
+        dims = [d_in] + [config.hidden] * config.layers
+        self.hidden_layers = nn.ModuleList(EnsembleLinear(config.members, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = EnsembleLinear(config.members, config.hidden, 2 * self.d_out + 1)  # mean, logvar, term
+        self.max_logvar = nn.Parameter(torch.full((1, 1, self.d_out), config.max_logvar))
+        self.min_logvar = nn.Parameter(torch.full((1, 1, self.d_out), config.min_logvar))
+        self.register_buffer("elite_idx", torch.arange(config.elites))
+
+    # -------------------------------------------------------------- network
+    def forward(self, obs_n: torch.Tensor, action_feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(E, N, obs_dim), (E, N, A) -> mean, logvar (E, N, obs_dim + 1), termination logit (E, N)."""
+        h = torch.cat([obs_n, action_feat], -1)
+        for layer in self.hidden_layers:
+            h = F.silu(layer(h))
+        out = self.head(h)
+        mean, raw_logvar, term = out.split([self.d_out, self.d_out, 1], dim=-1)
+        # Soft-bounded log-variance (PETS appendix A.1).
+        logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar, term.squeeze(-1)
+
+    def _all_members(self, obs_n: torch.Tensor, action_feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        e = self.config.members
+        return self(obs_n.unsqueeze(0).expand(e, -1, -1), action_feat.unsqueeze(0).expand(e, -1, -1))
+
+    # -------------------------------------------------------------- interface
+    def initial_state(self, batch: int) -> State:
+        """Zero observation; trajectory b follows elite member b mod elites (spread over the batch)."""
+        device = self.elite_idx.device
+        return {
+            "obs": torch.zeros(batch, self.obs_dim, device=device),
+            "member": self.elite_idx[torch.arange(batch, device=device) % self.config.elites],
+        }
+
+    def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
+        """The ensemble is Markov in the observation: the belief is the last observation.
+
+        Each trajectory keeps its member, so filtering step by step or all at once is the same.
+        """
+        last = obs[:, -1].to(self.obs_mean.dtype)
+        return {"obs": self.normalize_obs(last), "member": state["member"]}
+
+    def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
+        """Draw each trajectory's elite member at random (trajectory sampling)."""
+        draw = torch.randint(self.config.elites, (state["member"].shape[0],), generator=generator,
+                             device="cpu").to(state["member"].device)
+        return {**state, "member": self.elite_idx[draw]}
+
+    def step(
+        self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[State, Prediction]:
+        obs_n = state["obs"]
+        b = obs_n.shape[0]
+        mean, logvar, term = self._all_members(obs_n, self.encode_action(action))
+        elite_mean = mean[self.elite_idx]  # (K, B, D+1)
+        rows = torch.arange(b, device=obs_n.device)
+        own_mean = mean[state["member"], rows]  # (B, D+1)
+        own_std = (0.5 * logvar[state["member"], rows]).exp()
+        noise = torch.randn(own_mean.shape, generator=generator, device="cpu").to(own_mean.device)
+        sample = own_mean + own_std * noise
+        # Predictive spread: the own member's noise and the elites' disagreement.
+        epistemic = elite_mean.std(0, unbiased=False) if self.config.elites > 1 else torch.zeros_like(own_mean)
+        total_std = (own_std**2 + epistemic**2).sqrt()
+
+        d = self.obs_dim
+        next_n = obs_n + sample[:, :d]
+        next_obs = self.clamp_plausible(self.denormalize_obs(next_n))
+        next_n = self.normalize_obs(next_obs)
+        mean_obs = self.denormalize_obs(obs_n + own_mean[:, :d])
+        pred = Prediction(
+            obs=next_obs,
+            obs_mean=mean_obs,
+            obs_std=self.denormalize_obs_std(total_std[:, :d]),
+            reward=self.denormalize_reward(sample[:, d]),
+            terminated=torch.sigmoid(term[state["member"], rows]),
+            uncertainty=epistemic[:, :d].mean(-1),
+        )
+        return {"obs": next_n, "member": state["member"]}, pred
+
+    # -------------------------------------------------------------- training
+    def _transitions(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        obs_n = self.normalize_obs(batch.obs)
+        x_obs = obs_n[:, :-1].reshape(-1, self.obs_dim)
+        act = batch.action[:, :-1]
+        x_act = self.encode_action(act.reshape(-1) if self.discrete else act.reshape(-1, act.shape[-1]))
+        target = torch.cat(
+            [(obs_n[:, 1:] - obs_n[:, :-1]).reshape(-1, self.obs_dim),
+             self.normalize_reward(batch.reward[:, :-1]).reshape(-1, 1)], -1)
+        term = batch.terminated[:, 1:].reshape(-1).float()
+        return x_obs, x_act, target, term
+
+    def member_losses(self, batch: Batch, bootstrap: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-member Gaussian NLL (E,), on a bootstrap resample per member when training."""
+        x_obs, x_act, target, term = self._transitions(batch)
+        n = x_obs.shape[0]
+        e = self.config.members
+        if bootstrap:
+            idx = torch.randint(n, (e, n), device=x_obs.device)
+        else:
+            idx = torch.arange(n, device=x_obs.device).expand(e, n)
+        mean, logvar, term_logit = self(x_obs[idx], x_act[idx])
+        tgt = target[idx]
+        inv_var = torch.exp(-logvar)
+        nll = (((mean - tgt) ** 2) * inv_var + logvar).mean((1, 2))  # (E,)
+        mse = ((mean - tgt) ** 2).mean((1, 2))
+        bce = F.binary_cross_entropy_with_logits(term_logit, term[idx], reduction="none").mean(1)
+        return nll + bce, {"nll": nll, "mse": mse, "termination_bce": bce}
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        member_loss, parts = self.member_losses(batch, bootstrap=self.training)
+        bound = 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+        total = member_loss.sum() + bound
+        metrics = {k: v.mean() for k, v in parts.items()}
+        metrics["member_loss"] = member_loss.detach()
+        return total, metrics
+
+    def end_validation(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Pick the elites: the members with the lowest validation loss."""
+        member_loss = metrics.get("member_loss")
+        if member_loss is not None and member_loss.numel() == self.config.members:
+            self.elite_idx.copy_(torch.argsort(member_loss.to(self.elite_idx.device))[: self.config.elites])

@@ -1,0 +1,84 @@
+"""Loading world models from a file or an MLflow URI, with no code execution.
+
+Model files hold only tensors and JSON strings, and are read with `torch.load(weights_only=True)`,
+also when they come from MLflow (the checkpoint artifact is fetched, then loaded the same way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_pipeline.batch import Normalization
+from data_pipeline.schema import StoreSchema
+from worldmodel.interface import FORMAT, WorldModel
+
+MODEL_FILE = "model.pt"  # name of the checkpoint inside an MLflow model or run artifact dir
+
+
+def _model_class(model_type: str) -> type[WorldModel]:
+    # Explicit imports, no registry: each model type names its module.
+    if model_type == "ensemble":
+        from worldmodel.ensemble import EnsembleWorldModel
+
+        return EnsembleWorldModel
+    if model_type == "rssm":
+        from worldmodel.rssm import RSSMWorldModel
+
+        return RSSMWorldModel
+    if model_type == "diffusion":
+        from worldmodel.diffusion import DiffusionWorldModel
+
+        return DiffusionWorldModel
+    raise ValueError(f"unknown model_type {model_type!r}; expected 'ensemble', 'rssm' or 'diffusion'")
+
+
+def resolve_model_file(source: str) -> Path:
+    """A local model file for a path, a directory holding `model.pt`, or an MLflow URI."""
+    if source.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+    else:
+        local = Path(source)
+    if local.is_dir():
+        hits = sorted(local.rglob(MODEL_FILE))
+        if not hits:
+            raise FileNotFoundError(f"{source}: no {MODEL_FILE} inside (expected a twinworld model)")
+        local = hits[0]
+    if not local.exists():
+        raise FileNotFoundError(f"{source}: no such model file")
+    return local
+
+
+def read_checkpoint(source: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = resolve_model_file(source)
+    data = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        # A Lightning .ckpt of train.py holds the model file's dict under "twinworld_model".
+        if isinstance(data, dict) and isinstance(data.get("twinworld_model"), dict):
+            return data["twinworld_model"]
+        raise ValueError(f"{path}: not a twinworld model file (format {data.get('format') if isinstance(data, dict) else '?'})")
+    return data
+
+
+def load(source: str, map_location: str | torch.device = "cpu") -> WorldModel:
+    """Rebuild any world model from its file alone: a path, a Lightning checkpoint of train.py,
+    or an MLflow model URI (`runs:/…`, `models:/…`)."""
+    data = read_checkpoint(source, map_location)
+    cls = _model_class(data["model_type"])
+    config_cls = cls.config_class
+    raw = json.loads(data["config"])
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    config = config_cls(**{k: v for k, v in raw.items() if k in names})
+    schema = StoreSchema.from_attrs(json.loads(data["schema"]))
+    normalization = Normalization.from_dict(json.loads(data["normalization"]))
+    model = cls(config, schema, normalization)
+    model.load_state_dict(data["state_dict"])
+    model.to(map_location)
+    model.eval()
+    return model
