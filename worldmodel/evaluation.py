@@ -1,0 +1,148 @@
+"""World-model evaluation: open-loop prediction from a real state with the recorded actions.
+
+On held-out windows, the model assimilates `context` real rows, then imagines the next H rows under
+the recorded actions. Reported per horizon h:
+- `nrmse`: RMSE of the sample mean per channel divided by the channel's std (then averaged);
+- `persistence_nrmse` (next obs = current obs) and `linear_nrmse` (ridge regression on
+  (obs, action) -> Δobs, rolled out) on the same windows;
+- for stochastic models, `coverage90` (fraction of true values inside the central 90% of samples)
+  and `crps` (continuous ranked probability score, in units of the channel's std).
+Image models report `pixel_rmse` (0-255 scale) and `persistence_pixel_rmse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from data_pipeline.batch import Batch
+from worldmodel.interface import WorldModel, previous_actions
+
+DEFAULT_HORIZONS = (1, 5, 10, 25, 50)
+
+
+def _repeat(x: torch.Tensor, samples: int) -> torch.Tensor:
+    return x.repeat_interleave(samples, dim=0)
+
+
+def rollout_samples(
+    model: WorldModel, windows: Batch, context: int, horizon: int, samples: int, seed: int = 0
+) -> torch.Tensor:
+    """Imagined observations (B, S, H, …): assimilate `context` rows, then follow the recorded actions.
+
+    Each sample is its own trajectory in one batch of B·S (so an ensemble spreads samples over
+    its members).
+    """
+    b = windows.batch_size
+    device = model.device
+    obs_all = windows.image if model.image_obs else windows.obs
+    obs = _repeat(obs_all[:, :context], samples).to(device)
+    is_first = windows.is_first[:, :context].clone()
+    is_first[:, 0] = True
+    prev = previous_actions(windows.action[:, :context], is_first)
+    future = windows.action[:, context - 1 : context - 1 + horizon]
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        state = model.initial_state(b * samples)
+        state = model.observe(state, obs, _repeat(prev, samples).to(device), _repeat(is_first, samples).to(device))
+        _, pred = model.imagine(state, _repeat(future, samples).to(device), generator)
+    out = pred.obs.float().cpu()
+    return out.reshape(b, samples, *out.shape[1:])
+
+
+def fit_linear(train: Batch, model: WorldModel, ridge: float = 1e-3) -> torch.Tensor:
+    """Ridge regression of the normalized Δobs on [normalized obs, encoded action, 1]: weights (F, D)."""
+    with torch.no_grad():
+        obs_n = model.normalize_obs(train.obs.to(model.device))
+        act = train.action[:, :-1].to(model.device)
+        feats = torch.cat([obs_n[:, :-1], model.encode_action(act), torch.ones_like(obs_n[:, :-1, :1])], -1)
+        x = feats.reshape(-1, feats.shape[-1]).double()
+        y = (obs_n[:, 1:] - obs_n[:, :-1]).reshape(-1, obs_n.shape[-1]).double()
+        eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        return torch.linalg.solve(x.T @ x + ridge * len(x) * eye, x.T @ y).float()
+
+
+def linear_rollout(model: WorldModel, weights: torch.Tensor, windows: Batch, context: int, horizon: int) -> torch.Tensor:
+    """Open-loop rollout of the ridge model from the last context row: (B, H, D) physical units."""
+    with torch.no_grad():
+        z = model.normalize_obs(windows.obs[:, context - 1].to(model.device))
+        preds = []
+        for t in range(horizon):
+            a = model.encode_action(windows.action[:, context - 1 + t].to(model.device))
+            feats = torch.cat([z, a, torch.ones_like(z[:, :1])], -1)
+            z = z + feats @ weights
+            preds.append(model.denormalize_obs(z))
+        return torch.stack(preds, 1).cpu()
+
+
+def crps_samples(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Empirical CRPS per element: E|X - y| - ½ E|X - X'|, samples along dim 1."""
+    term1 = (samples - truth.unsqueeze(1)).abs().mean(1)
+    s = samples.shape[1]
+    sorted_s, _ = samples.sort(dim=1)
+    # E|X - X'| from sorted samples in O(S log S): 2/S² Σ (2i - S + 1) x_(i)
+    weights = (2 * torch.arange(s, dtype=samples.dtype) - s + 1).view(1, s, *([1] * (samples.dim() - 2)))
+    term2 = 2.0 * (weights * sorted_s).sum(1) / (s * s)
+    return term1 - 0.5 * term2
+
+
+def evaluate(
+    model: WorldModel,
+    windows: Batch,
+    *,
+    context: int = 8,
+    horizons: Sequence[int] = DEFAULT_HORIZONS,
+    samples: int = 20,
+    train: Batch | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Open-loop metrics on `windows` (each at least `context + max(horizons)` rows long)."""
+    horizon = max(horizons)
+    if windows.length < context + horizon:
+        raise ValueError(f"evaluation windows have {windows.length} rows; need context {context} + horizon {horizon}")
+    model.eval()
+    pred = rollout_samples(model, windows, context, horizon, samples, seed)  # (B, S, H, …)
+    metrics: dict[str, float] = {}
+    if model.image_obs:
+        truth = windows.image[:, context : context + horizon].float()
+        last = windows.image[:, context - 1].float()
+        for h in horizons:
+            err = pred[:, :, h - 1].mean(1) - truth[:, h - 1]
+            metrics[f"pixel_rmse/h{h}"] = float(err.pow(2).mean().sqrt())
+            metrics[f"persistence_pixel_rmse/h{h}"] = float((last - truth[:, h - 1]).pow(2).mean().sqrt())
+        return metrics
+    std = model.obs_std.cpu()
+    truth = windows.obs[:, context : context + horizon].float()
+    last = windows.obs[:, context - 1].float()
+    linear = None
+    if train is not None:
+        linear = linear_rollout(model, fit_linear(train, model), windows, context, horizon)
+    channels = model.schema.obs_channels
+    for h in horizons:
+        y = truth[:, h - 1]
+        mean = pred[:, :, h - 1].mean(1)
+        per_channel = ((mean - y).pow(2).mean(0).sqrt() / std)
+        metrics[f"nrmse/h{h}"] = float(per_channel.mean())
+        for c, name in enumerate(channels):
+            metrics[f"nrmse/h{h}/{name}"] = float(per_channel[c])
+        metrics[f"persistence_nrmse/h{h}"] = float(((last - y).pow(2).mean(0).sqrt() / std).mean())
+        if linear is not None:
+            metrics[f"linear_nrmse/h{h}"] = float(((linear[:, h - 1] - y).pow(2).mean(0).sqrt() / std).mean())
+        if samples > 1:
+            s = pred[:, :, h - 1]
+            lo, hi = s.quantile(0.05, dim=1), s.quantile(0.95, dim=1)
+            metrics[f"coverage90/h{h}"] = float(((y >= lo) & (y <= hi)).float().mean())
+            metrics[f"crps/h{h}"] = float((crps_samples(s, y) / std).mean())
+    return metrics
+
+
+def format_table(metrics: dict[str, float], horizons: Sequence[int] = DEFAULT_HORIZONS) -> str:
+    """The headline metrics as a text table, one row per horizon."""
+    cols = ["nrmse", "persistence_nrmse", "linear_nrmse", "coverage90", "crps", "pixel_rmse",
+            "persistence_pixel_rmse"]
+    cols = [c for c in cols if f"{c}/h{horizons[0]}" in metrics]
+    lines = ["horizon " + " ".join(f"{c:>22}" for c in cols)]
+    for h in horizons:
+        lines.append(f"{h:>7} " + " ".join(f"{metrics.get(f'{c}/h{h}', float('nan')):>22.4f}" for c in cols))
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""MLflow tracking that survives a tracking server's outage.
+
+`BufferedMLflowLogger` is a Lightning logger that batches metrics locally and sends them with
+`log_batch` every few seconds (one call per batch, not per metric: a per-call `log_metric` costs
+~90 ms against a remote server). A failed send keeps the metrics in the buffer and retries later,
+so a server that goes away and comes back loses nothing; metrics are also appended to a local
+JSON-lines spool so a crash during an outage leaves them on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from argparse import Namespace
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the embedded SQLite store `mlflow.db` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def configure_client() -> None:
+    """Fail fast on an unreachable server (we buffer and retry ourselves) instead of MLflow's minutes of retries."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config to MLflow params (`a.b.c: value`), values cut to MLflow's 6000 characters."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Namespace):
+            value = vars(value)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class BufferedMLflowLogger(Logger):
+    """Lightning logger: MLflow run with buffered, outage-tolerant metric logging."""
+
+    def __init__(
+        self,
+        experiment_name: str = "twinworld",
+        run_name: str | None = None,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        flush_interval_s: float = 5.0,
+        spool_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        configure_client()
+        self._experiment_name = experiment_name
+        self._run_name = run_name
+        self._run_id = run_id
+        self._tags = tags or {}
+        self.flush_interval_s = flush_interval_s
+        self._buffer: list[tuple[str, float, int, int]] = []
+        self._last_flush = 0.0
+        self._client = None
+        self._spool_dir = spool_dir
+        self.failed_flushes = 0
+
+    # -------------------------------------------------------------- mlflow objects
+    @property
+    @rank_zero_experiment
+    def experiment(self):  # noqa: ANN201 - mlflow.MlflowClient
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri())
+            if self._run_id is None:
+                exp = self._client.get_experiment_by_name(self._experiment_name)
+                exp_id = exp.experiment_id if exp else self._client.create_experiment(self._experiment_name)
+                run = self._client.create_run(exp_id, run_name=self._run_name, tags=self._tags)
+                self._run_id = run.info.run_id
+        return self._client
+
+    @property
+    def run_id(self) -> str:
+        _ = self.experiment
+        return self._run_id
+
+    @property
+    def name(self) -> str:
+        return self._experiment_name
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @property
+    def save_dir(self) -> str | None:
+        return None
+
+    @property
+    def spool_path(self) -> Path:
+        base = Path(self._spool_dir or ".twinworld-spool")
+        base.mkdir(parents=True, exist_ok=True)
+        return base / f"{self.run_id}.jsonl"
+
+    # -------------------------------------------------------------- logging
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        if isinstance(params, Namespace):
+            params = vars(params)
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # MLflow's log_batch takes at most 100 params per call
+            self.experiment.log_batch(self.run_id, params=items[i : i + 100])
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        rows = [(k, float(v), now, int(step or 0)) for k, v in metrics.items() if not isinstance(v, str)]
+        self._buffer.extend(rows)
+        with self.spool_path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send buffered metrics; on failure keep them for the next try. True when the buffer is empty."""
+        if not self._buffer:
+            return True
+        from mlflow.entities import Metric
+
+        self._last_flush = time.monotonic()
+        try:
+            while self._buffer:
+                chunk = self._buffer[:1000]  # log_batch takes at most 1000 metrics per call
+                self.experiment.log_batch(self.run_id, metrics=[Metric(*row) for row in chunk])
+                del self._buffer[: len(chunk)]
+        except Exception as err:  # the server is away: keep the metrics and try again later
+            self.failed_flushes += 1
+            if self.failed_flushes in (1, 10, 100):
+                print(f"mlflow: tracking server unreachable ({type(err).__name__}); "
+                      f"{len(self._buffer)} metrics buffered, retrying")
+            return False
+        return True
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        """Flush what is left, retrying for up to `TWINWORLD_MLFLOW_FLUSH_TIMEOUT` seconds (default 300)."""
+        deadline = time.monotonic() + float(os.environ.get("TWINWORLD_MLFLOW_FLUSH_TIMEOUT", "300"))
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(2.0)
+        if self._buffer:
+            print(f"mlflow: {len(self._buffer)} metrics not delivered; they are in {self.spool_path}")
+        elif self._client is not None:
+            self.spool_path.unlink(missing_ok=True)
+
+    def end_run(self, status: str = "FINISHED") -> None:
+        if self._client is not None and self._run_id is not None:
+            self.finalize(status)
+            self._client.set_terminated(self._run_id, status)
