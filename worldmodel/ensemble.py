@@ -40,6 +40,18 @@ class EnsembleConfig:
     plausible_margin: float = 0.25
     """Imagined observations stay within the recorded range widened by this fraction of it."""
 
+    @classmethod
+    def preset(cls, name: str) -> EnsembleConfig:
+        """Sizes by name: tiny (tests), small, medium (the PETS/MBPO default)."""
+        presets = {
+            "tiny": cls(members=3, elites=2, hidden=32, layers=2),
+            "small": cls(members=5, elites=4, hidden=128, layers=3),
+            "medium": cls(),
+        }
+        if name not in presets:
+            raise ValueError(f"ensemble preset {name!r}; expected one of {sorted(presets)}")
+        return presets[name]
+
 
 class EnsembleLinear(nn.Module):
     """`members` independent linear layers applied in one batched matmul: (E, N, in) -> (E, N, out)."""
