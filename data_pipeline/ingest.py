@@ -38,6 +38,8 @@ from data_pipeline.validate import DataValidationError, check_schema_matches, va
 __all__ = ["IngestSpec", "SpecError", "episodes_of", "expand_inputs", "ingest_file", "read_log"]
 
 FORMATS = ("csv", "parquet")
+
+
 # ---------------------------------------------------------------------- reading
 @dataclass
 class RawLog:
@@ -241,7 +243,7 @@ def _apply_nan_policy(raw: RawLog, spec: IngestSpec, bad: np.ndarray) -> None:
     elif spec.nan_policy == "drop":  # the whole row goes, other sensors' readings in it too
         raw.take(np.flatnonzero(~bad.any(axis=0)))
     elif spec.nan_policy == "interpolate":  # linear in time between the channel's good readings
-        t = _axis(raw)
+        t, _ = _axis(raw)
         for k in np.flatnonzero(bad.any(axis=1)):
             v, m = raw.data[k], bad[k]
             good = np.isfinite(v)
@@ -278,13 +280,13 @@ def _episode_t0(raw: RawLog) -> np.ndarray:
     return t0
 
 
-def _axis(raw: RawLog, offset: float | None = None) -> np.ndarray:
-    """Seconds since each episode's first row, episode e shifted by e * offset: one increasing axis
-    for the whole file, so every channel is resampled in a single xarray call."""
+def _axis(raw: RawLog, margin: float = 0.0) -> tuple[np.ndarray, float]:
+    """Seconds since each episode's first row, episode e shifted by e * offset (offset: the longest
+    episode + margin + 1 s): one increasing axis for the whole file, so every channel is resampled
+    in a single xarray call and no interpolation reaches across episodes. Returns (axis, offset)."""
     rel = (raw.time_ns - _episode_t0(raw)[raw.episode]) / 1e9
-    if offset is None:
-        offset = float(rel.max(initial=0.0)) + 1.0
-    return raw.episode * offset + rel
+    offset = float(rel.max(initial=0.0)) + margin + 1.0
+    return raw.episode * offset + rel, offset
 
 
 def _gap_intervals(raw: RawLog, spec: IngestSpec, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,10 +348,7 @@ def _resample_group(data: np.ndarray, resample: str, max_gap: float, axis: np.nd
 
 def episodes_of(raw: RawLog, spec: IngestSpec, schema: StoreSchema) -> list[Episode]:
     """Split `raw` at gaps longer than max_gap, resample each piece onto dt, return the episodes."""
-    max_gap = max(spec.max_gap_of(g) for g in GROUPS)
-    axis = _axis(raw)
-    offset = float(axis.max(initial=0.0)) + max_gap + 1.0  # wider than any episode, and than max_gap
-    axis = _axis(raw, offset)
+    axis, offset = _axis(raw, margin=max(spec.max_gap_of(g) for g in GROUPS))  # episodes > max_gap apart
     gap_a, gap_b = _gap_intervals(raw, spec, axis)
     ended = np.searchsorted(gap_b, axis, side="right")
     keep = np.searchsorted(gap_a, axis, side="left") <= ended  # rows strictly inside a gap: no episode

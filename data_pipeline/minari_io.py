@@ -24,6 +24,7 @@ import minari
 import numpy as np
 from gymnasium import spaces
 from minari.data_collector.episode_buffer import EpisodeBuffer
+from minari.dataset.minari_dataset import parse_dataset_id
 
 from data_pipeline.record import KNOWN_CHANNELS, env_dt
 from data_pipeline.schema import DISCRETE_FILL, Episode, StoreSchema
@@ -192,6 +193,7 @@ def export_minari(store_path: str, dataset_id: str, *, data_path: str | os.PathL
     The dataset uses Minari's `arrow` format, images unencoded (no JPEG loss). An image store exports
     its images as the observations (its vector channels are not part of a Minari observation).
     """
+    parse_dataset_id(dataset_id)  # a malformed id raises here, before Minari creates its directory
     store = TrajectoryStore.open(store_path)
     schema = store.schema
     obs_space, act_space = schema.gym_observation_space(), schema.gym_action_space()

@@ -91,6 +91,14 @@ def test_cartpole_discrete_round_trip_by_path(minari_root: Path, tmp_path: Path)
     assert_same_episodes(original, exported)
 
 
+def test_export_refuses_a_malformed_id_before_writing(minari_root: Path, tmp_path: Path) -> None:
+    collect("Pendulum-v1", "tests/pendulum-v0", episodes=1, max_steps=5)
+    import_minari("tests/pendulum-v0", str(tmp_path / "p.zarr")).close()
+    with pytest.raises(ValueError, match="Malformed dataset ID"):
+        export_minari(str(tmp_path / "p.zarr"), "bad id")
+    assert not (minari_root / "bad id").exists()
+
+
 def test_missing_dataset_is_not_downloaded(minari_root: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="never downloads"):
         import_minari("tests/absent-v0", str(tmp_path / "x.zarr"))
