@@ -75,7 +75,7 @@ class TwinCLI(LightningCLI):
     def before_fit(self) -> None:
         dm = self.datamodule
         dm.prepare()
-        self.tracker.log_hyperparams({"config": self.parser.dump(self.config["fit"], skip_none=False)[:5900]})
+        self.tracker.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False)[:5900]})
         self.tracker.log_hyperparams({
             "data.store": str(dm.hparams.store), "data.fingerprint": dm.fingerprint,
             "data.train_episodes": len(dm.split["train"]), "data.val_episodes": len(dm.split["val"]),
@@ -93,7 +93,7 @@ class TwinCLI(LightningCLI):
             tracker=self.tracker,
             run_dir=self.run_dir,
             registered_model_name=cfg.mlflow.registered_model_name,
-            resolved_config=self.parser.dump(cfg, skip_none=False),
+            resolved_config=self.parser.dump(self.config, skip_none=False),
             eval_kwargs={"context": self.model.hparams.eval_context,
                          "horizons": tuple(self.model.hparams.eval_horizons),
                          "samples": self.model.hparams.eval_samples,
@@ -126,11 +126,12 @@ def main(argv: list[str] | None = None) -> None:
         WindowDataModule,
         args=argv,
         seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=None,  # the resolved config goes to MLflow and the run folder instead
         trainer_defaults={
             "callbacks": [ModelCheckpoint(save_last=True, every_n_train_steps=50, save_top_k=1,
                                           monitor="val/loss", mode="min")],
             "log_every_n_steps": 10,
+            "logger": False,  # replaced by the MLflow tracker in instantiate_trainer
         },
     )
 

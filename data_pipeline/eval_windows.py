@@ -47,3 +47,10 @@ def eval_windows(
         "is_last": arrays["is_last"],
         "image": arrays.get("image"),
     })
+
+
+def split_eval_windows(datamodule: object, split: str, length: int, max_windows: int = 256) -> Batch | None:
+    """`eval_windows` over one split ("train", "val", "test") of a WindowDataModule's store."""
+    hp = datamodule.hparams
+    with TrajectoryStore.open(hp.store, storage_options=hp.get("storage_options")) as store:
+        return eval_windows(store, datamodule.split[split], length, max_windows)

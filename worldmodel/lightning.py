@@ -146,14 +146,15 @@ class WorldModelModule(L.LightningModule):
         self._log_evaluation("test")
 
     def _log_evaluation(self, split: str) -> None:
+        from data_pipeline.eval_windows import split_eval_windows
         from worldmodel.evaluation import evaluate
 
         dm = self.trainer.datamodule
         length = self.hparams.eval_context + max(self.hparams.eval_horizons)
-        windows = dm.eval_batch(split, length, self.hparams.eval_windows)
+        windows = split_eval_windows(dm, split, length, self.hparams.eval_windows)
         if windows is None:
             return
-        train = dm.eval_batch("train", dm.window, self.hparams.eval_windows)
+        train = split_eval_windows(dm, "train", dm.hparams.window, self.hparams.eval_windows)
         metrics = evaluate(self.model, windows, context=self.hparams.eval_context,
                            horizons=self.hparams.eval_horizons, samples=self.hparams.eval_samples,
                            train=train)

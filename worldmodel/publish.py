@@ -13,6 +13,7 @@ from typing import Any
 
 import mlflow
 
+from data_pipeline.eval_windows import split_eval_windows
 from worldmodel.evaluation import evaluate, format_table
 from worldmodel.interface import WorldModel
 from worldmodel.io import MODEL_FILE
@@ -24,10 +25,10 @@ PACKAGE_DIRS = [Path(__file__).resolve().parent, Path(__file__).resolve().parent
 def evaluate_split(model: WorldModel, datamodule: Any, split: str, context: int, horizons: tuple[int, ...],
                    samples: int, max_windows: int) -> dict[str, float] | None:
     """Open-loop evaluation on a split of the datamodule's store (None if no episode is long enough)."""
-    windows = datamodule.eval_batch(split, context + max(horizons), max_windows)
+    windows = split_eval_windows(datamodule, split, context + max(horizons), max_windows)
     if windows is None:
         return None
-    train = datamodule.eval_batch("train", datamodule.hparams.window, max_windows)
+    train = split_eval_windows(datamodule, "train", datamodule.hparams.window, max_windows)
     return evaluate(model, windows, context=context, horizons=horizons, samples=samples, train=train)
 
 
