@@ -52,5 +52,5 @@ def eval_windows(
 def split_eval_windows(datamodule: object, split: str, length: int, max_windows: int = 256) -> Batch | None:
     """`eval_windows` over one split ("train", "val", "test") of a WindowDataModule's store."""
     hp = datamodule.hparams
-    with TrajectoryStore.open(hp.store, storage_options=hp.get("storage_options")) as store:
+    with TrajectoryStore.open(hp.store, storage_options=getattr(datamodule, "storage_options", None)) as store:
         return eval_windows(store, datamodule.split[split], length, max_windows)
