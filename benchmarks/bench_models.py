@@ -49,7 +49,9 @@ class ListLoader:
         return len(self.batches)
 
 
-def train(kind: str, store: str, steps: int, preset: str, seed: int = 0) -> tuple[WorldModelModule, WindowDataModule, float]:
+def train(
+    kind: str, store: str, steps: int, preset: str, seed: int = 0
+) -> tuple[WorldModelModule, WindowDataModule, float]:
     dm = WindowDataModule(store=store, window=WINDOWS[kind], batch_size=BATCH[kind], batches_per_epoch=steps,
                           val_batches=4)
     module = WorldModelModule(kind=kind, config={"preset": preset}, lr=LR[kind], seed=seed)
