@@ -1,0 +1,454 @@
+"""Recurrent state-space model (Dreamer / DreamerV3) implementing the WorldModel interface.
+
+The latent state is a deterministic GRU path `h` and a stochastic latent `z`:
+
+    h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])      (reset to the learned initial state where is_first)
+    prior      p(z_t | h_t)                      used to imagine
+    posterior  q(z_t | h_t, embed(o_t))          used to filter (`observe`) and to train
+
+`z` is a diagonal Gaussian, or (DreamerV3) `categories` one-hot variables of `classes` classes each,
+sampled with straight-through gradients and mixed with 1% uniform ("unimix"). Heads read the
+feature `[h_t, z_t]`: a Gaussian decoder of the observation, a reward head regressing the symlog of
+the normalized reward, and a Bernoulli termination head. The loss is the DreamerV3 one:
+reconstruction + reward + termination + KL balancing (dyn 0.5 / rep 0.1) with 1 nat free bits.
+
+Units: vector observations are modelled in normalized units (per-channel z-scores of the store's
+statistics); images in [-1, 1]. The decoder predicts the normalized observation directly, not its
+symlog: normalized channels already have unit scale, and a Gaussian in normalized units maps linearly
+to physical units, so `Prediction.obs_std` is an exact standard deviation in the channel's unit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from data_pipeline.batch import Batch, Normalization
+from data_pipeline.schema import StoreSchema
+from worldmodel.interface import Prediction, State, WorldModel, previous_actions
+
+
+@dataclass
+class RSSMConfig:
+    """Sizes and loss weights of the RSSM. The defaults are the "small" preset."""
+
+    latent: Literal["gaussian", "categorical"] = "categorical"
+    """Stochastic latent: a diagonal Gaussian, or DreamerV3's one-hot categoricals."""
+    deter: int = 256
+    """Size of the deterministic (GRU) state."""
+    stoch: int = 32
+    """Size of the Gaussian latent (used when latent is "gaussian")."""
+    categories: int = 16
+    """Number of categorical latent variables (used when latent is "categorical")."""
+    classes: int = 16
+    """Classes of each categorical latent variable (used when latent is "categorical")."""
+    hidden: int = 256
+    """Width of the MLP layers (encoder, decoder, heads, latent networks)."""
+    layers: int = 2
+    """Hidden layers of the encoder, decoder and head MLPs."""
+    cnn_depth: int = 32
+    """Channels of the first conv layer for image observations (doubled at each of the 4 stages)."""
+    unimix: float = 0.01
+    """Uniform mixture of the categorical probabilities (DreamerV3), keeping every class possible."""
+    min_latent_std: float = 0.1
+    """Lower bound of the Gaussian latent's standard deviation."""
+    min_obs_std: float = 0.05
+    """Lower bound of the decoder's standard deviation, in normalized units."""
+    max_obs_std: float = 1.0
+    """Upper bound of the decoder's standard deviation, in normalized units."""
+    free_nats: float = 1.0
+    """Free bits: KL terms below this many nats per step are not penalized."""
+    kl_dyn: float = 0.5
+    """Weight of the dynamics KL, KL(sg(posterior) || prior): trains the prior."""
+    kl_rep: float = 0.1
+    """Weight of the representation KL, KL(posterior || sg(prior)): regularizes the posterior."""
+    obs_scale: float = 1.0
+    """Weight of the observation reconstruction loss (Gaussian NLL)."""
+    reward_scale: float = 1.0
+    """Weight of the reward loss (squared error in symlog space)."""
+    termination_scale: float = 1.0
+    """Weight of the termination loss (binary cross-entropy)."""
+    uncertainty_samples: int = 4
+    """Prior latent samples per imagined step; the spread of their decoded means is the uncertainty."""
+    plausible_margin: float = 0.25
+    """Imagined observations stay within the recorded range widened by this fraction of it."""
+
+    @classmethod
+    def preset(cls, name: str) -> RSSMConfig:
+        """A size preset: "tiny" (tests), "small" (the defaults) or "medium"."""
+        presets = {
+            "tiny": dict(deter=32, stoch=8, categories=4, classes=4, hidden=32, layers=1, cnn_depth=4,
+                         uncertainty_samples=2),
+            "small": {},
+            "medium": dict(deter=512, stoch=64, categories=32, classes=32, hidden=512, layers=3,
+                           cnn_depth=48),
+        }
+        if name not in presets:
+            raise ValueError(f"RSSMConfig.preset: unknown preset {name!r}; expected one of {sorted(presets)}")
+        return replace(cls(), **presets[name])
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+def mlp(d_in: int, hidden: int, layers: int, d_out: int) -> nn.Sequential:
+    """`layers` × (Linear, LayerNorm, SiLU), then a Linear to `d_out`."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.SiLU()]
+    mods.append(nn.Linear(hidden if layers else d_in, d_out))
+    return nn.Sequential(*mods)
+
+
+class NormGRUCell(nn.Module):
+    """DreamerV3's GRU: one LayerNorm'd projection, update gate biased towards keeping the state."""
+
+    def __init__(self, d_in: int, deter: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_in + deter, 3 * deter, bias=False)
+        self.norm = nn.LayerNorm(3 * deter)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        reset, cand, update = self.norm(self.linear(torch.cat([x, h], -1))).chunk(3, -1)
+        cand = torch.tanh(torch.sigmoid(reset) * cand)
+        update = torch.sigmoid(update - 1.0)
+        return update * cand + (1.0 - update) * h
+
+
+class ConvEncoder(nn.Module):
+    """(N, C, H, W) in [-1, 1] -> (N, embed): four stride-2 convs, channels d, 2d, 4d, 8d."""
+
+    def __init__(self, channels: int, depth: int, height: int, width: int) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        c_in = channels
+        for i in range(4):
+            c_out = depth * 2**i
+            mods += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out), nn.SiLU()]
+            c_in = c_out
+        self.net = nn.Sequential(*mods, nn.Flatten())
+        self.out_dim = c_in * (height // 16) * (width // 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """(N, feat) -> (N, 2C, H, W): mean and raw std per pixel, mirroring `ConvEncoder`."""
+
+    def __init__(self, feat: int, channels: int, depth: int, height: int, width: int) -> None:
+        super().__init__()
+        self.start = (8 * depth, height // 16, width // 16)
+        self.linear = nn.Linear(feat, math.prod(self.start))
+        mods: list[nn.Module] = []
+        c_in = 8 * depth
+        for i in (2, 1, 0):
+            c_out = depth * 2**i
+            mods += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out), nn.SiLU()]
+            c_in = c_out
+        mods.append(nn.ConvTranspose2d(c_in, 2 * channels, 4, 2, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.net(self.linear(feat).reshape(-1, *self.start))
+
+
+class RSSMWorldModel(WorldModel):
+    """Dreamer-style RSSM over vector or image observations (see the module docstring).
+
+    State: {"deter": (B, deter), "stoch": (B, stoch)} with stoch = `config.stoch` for Gaussian latents
+    or `categories * classes` flattened one-hots for categorical ones.
+
+    `observe` filters with the posterior *mode* (Gaussian mean / most likely class), so the belief is a
+    deterministic function of the data. `step` draws from the prior with the given generator:
+    `Prediction.obs_mean` is the decoder mean of the trajectory's sampled latent, `obs` adds decoder
+    noise to it, `obs_std` combines the decoder std with the spread of the decoded means over
+    `uncertainty_samples` prior samples, and `uncertainty` is that spread in normalized units averaged
+    over channels (pixels for images). `reward` is the head's mean; `terminated` a probability.
+    """
+
+    model_type: ClassVar[str] = "rssm"
+    config_class: ClassVar[type] = RSSMConfig
+
+    def __init__(self, config: RSSMConfig, schema: StoreSchema, normalization: Normalization) -> None:
+        super().__init__(config, schema, normalization)
+        c = config
+        if c.latent not in ("gaussian", "categorical"):
+            raise ValueError(f"RSSMConfig.latent: {c.latent!r}; expected 'gaussian' or 'categorical'")
+        if c.uncertainty_samples < 1:
+            raise ValueError(f"RSSMConfig.uncertainty_samples: {c.uncertainty_samples}; expected >= 1")
+        if not 0.0 < c.min_obs_std < c.max_obs_std:
+            raise ValueError(
+                f"RSSMConfig: need 0 < min_obs_std ({c.min_obs_std}) < max_obs_std ({c.max_obs_std})")
+        self.categorical = c.latent == "categorical"
+        self.stoch_dim = c.categories * c.classes if self.categorical else c.stoch
+        stats_dim = self.stoch_dim if self.categorical else 2 * c.stoch
+        feat = c.deter + self.stoch_dim
+
+        if self.image_obs:
+            h, w, ch = (int(s) for s in schema.image_shape)
+            if h % 16 or w % 16:
+                raise ValueError(
+                    f"rssm: image_shape {schema.image_shape}: height and width must be divisible by 16")
+            self.obs_shape: tuple[int, ...] = (h, w, ch)
+            self.encoder: nn.Module = ConvEncoder(ch, c.cnn_depth, h, w)
+            embed = self.encoder.out_dim
+            self.decoder: nn.Module = ConvDecoder(feat, ch, c.cnn_depth, h, w)
+        else:
+            if self.obs_dim == 0:
+                raise ValueError("rssm: the store has no observation channels")
+            self.obs_shape = (self.obs_dim,)
+            self.encoder = mlp(self.obs_dim, c.hidden, c.layers, c.hidden)
+            embed = c.hidden
+            self.decoder = mlp(feat, c.hidden, c.layers, 2 * self.obs_dim)
+
+        self.initial_deter = nn.Parameter(torch.zeros(c.deter))
+        self.img_in = nn.Sequential(
+            nn.Linear(self.stoch_dim + self.action_dim, c.hidden), nn.LayerNorm(c.hidden), nn.SiLU())
+        self.gru = NormGRUCell(c.hidden, c.deter)
+        self.prior_net = mlp(c.deter, c.hidden, 1, stats_dim)
+        self.posterior_net = mlp(c.deter + embed, c.hidden, 1, stats_dim)
+        self.reward_head = mlp(feat, c.hidden, c.layers, 1)
+        self.termination_head = mlp(feat, c.hidden, c.layers, 1)
+        # Zero-initialized reward output (DreamerV3): no large spurious rewards early in training.
+        nn.init.zeros_(self.reward_head[-1].weight)
+        nn.init.zeros_(self.reward_head[-1].bias)
+
+    # -------------------------------------------------------------- latent distribution
+    # A distribution is one tensor: Gaussian [mean, std] (…, 2·stoch); categorical log-probs (…, cat·cls).
+    def _dist(self, raw: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if self.categorical:
+            probs = torch.softmax(raw.unflatten(-1, (c.categories, c.classes)), -1)
+            probs = (1.0 - c.unimix) * probs + c.unimix / c.classes
+            return probs.log().flatten(-2)
+        mean, std = raw.chunk(2, -1)
+        return torch.cat([mean, F.softplus(std) + c.min_latent_std], -1)
+
+    def _sample(self, dist: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """A reparameterized sample; `noise` is standard normal (Gaussian) or Gumbel (categorical)."""
+        if not self.categorical:
+            mean, std = dist.chunk(2, -1)
+            return mean + std * noise
+        c = self.config
+        logp = dist.unflatten(-1, (c.categories, c.classes))
+        onehot = F.one_hot((logp + noise.unflatten(-1, (c.categories, c.classes))).argmax(-1), c.classes)
+        probs = logp.exp()
+        # Straight-through: the forward value is the one-hot, the gradient that of the probabilities.
+        return (onehot.to(probs.dtype) + probs - probs.detach()).flatten(-2)
+
+    def _mode(self, dist: torch.Tensor) -> torch.Tensor:
+        if not self.categorical:
+            return dist.chunk(2, -1)[0]
+        c = self.config
+        logp = dist.unflatten(-1, (c.categories, c.classes))
+        return F.one_hot(logp.argmax(-1), c.classes).to(logp.dtype).flatten(-2)
+
+    def _noise_shape(self, dist: torch.Tensor) -> tuple[int, ...]:
+        return (*dist.shape[:-1], self.stoch_dim)
+
+    def _device_noise(self, dist: torch.Tensor) -> torch.Tensor:
+        """Training noise, drawn on the model's device (global RNG, seeded by the trainer)."""
+        shape = self._noise_shape(dist)
+        if not self.categorical:
+            return torch.randn(shape, device=dist.device, dtype=dist.dtype)
+        u = torch.rand(shape, device=dist.device, dtype=dist.dtype)
+        return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+
+    def _generator_noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None,
+                         gumbel: bool) -> torch.Tensor:
+        """Noise drawn on CPU with `generator`, then moved: a seed gives the same rollout on any device."""
+        if gumbel:
+            u = torch.rand(shape, generator=generator, device="cpu").clamp(1e-20, 1.0 - 1e-7)
+            noise = -torch.log(-torch.log(u))
+        else:
+            noise = torch.randn(shape, generator=generator, device="cpu")
+        return noise.to(device=like.device, dtype=like.dtype)
+
+    def _kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """KL(p || q) summed over the latent, (…,)."""
+        p, q = p.float(), q.float()  # reductions in float32 also under bf16 autocast
+        if self.categorical:
+            return (p.exp() * (p - q)).sum(-1)
+        pm, ps = p.chunk(2, -1)
+        qm, qs = q.chunk(2, -1)
+        return (torch.log(qs / ps) + (ps**2 + (pm - qm) ** 2) / (2 * qs**2) - 0.5).sum(-1)
+
+    # -------------------------------------------------------------- recurrent core
+    def _initial(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        deter = torch.tanh(self.initial_deter).unsqueeze(0)
+        stoch = self._mode(self._dist(self.prior_net(deter)))
+        return deter.expand(batch, -1), stoch.expand(batch, -1)
+
+    def _img_step(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}]) and the prior p(z_t | h_t)."""
+        deter = self.gru(self.img_in(torch.cat([stoch, action_feat.to(stoch.dtype)], -1)), deter)
+        return deter, self._dist(self.prior_net(deter))
+
+    def _obs_step(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor,
+                  embed: torch.Tensor, is_first: torch.Tensor, initial: tuple[torch.Tensor, torch.Tensor],
+                  sample: bool) -> tuple[torch.Tensor, ...]:
+        """One filtering step: reset to `initial` where `is_first`, advance h, then the posterior
+        q(z_t | h_t, o_t), sampled (training) or its mode (filtering)."""
+        init_deter, init_stoch = initial
+        first = is_first.unsqueeze(-1)
+        deter = torch.where(first, init_deter.to(deter.dtype), deter)
+        stoch = torch.where(first, init_stoch.to(stoch.dtype), stoch)
+        action_feat = torch.where(first, torch.zeros_like(action_feat), action_feat)
+        deter, prior = self._img_step(deter, stoch, action_feat)
+        post = self._dist(self.posterior_net(torch.cat([deter, embed.to(deter.dtype)], -1)))
+        stoch = self._sample(post, self._device_noise(post)) if sample else self._mode(post)
+        return deter, stoch, prior, post
+
+    # -------------------------------------------------------------- observations
+    def _obs_input(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations (B, T, …) in physical units to normalized encoder inputs (images channel-first)."""
+        if tuple(obs.shape[2:]) != self.obs_shape:
+            raise ValueError(
+                f"rssm: observations of shape {tuple(obs.shape)}; expected (B, T, *{self.obs_shape})")
+        x = self.normalize_obs(obs)
+        return x.permute(0, 1, 4, 2, 3) if self.image_obs else x
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        return self.encoder(x.flatten(0, 1)).unflatten(0, (b, t))
+
+    def _decode(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, feat) -> mean, std in normalized units, (N, D) or (N, C, H, W)."""
+        out = self.decoder(feat)
+        mean, raw = out.chunk(2, 1)
+        c = self.config
+        return mean, c.min_obs_std + (c.max_obs_std - c.min_obs_std) * torch.sigmoid(raw)
+
+    def _to_obs_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """(…, C, H, W) -> (…, H, W, C) for images; vectors unchanged."""
+        return x.movedim(-3, -1) if self.image_obs else x
+
+    def _encode_actions(self, action: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
+        if self.discrete:  # fill values (-1) where is_first are ignored; keep one_hot's input valid
+            action = torch.where(is_first, torch.zeros_like(action), action)
+        return self.encode_action(action)
+
+    # -------------------------------------------------------------- interface
+    def initial_state(self, batch: int) -> State:
+        """The learned initial state; `observe` resets to it wherever `is_first` is set."""
+        with torch.no_grad():
+            deter, stoch = self._initial(batch)
+        return {"deter": deter.clone(), "stoch": stoch.clone()}
+
+    def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
+        """Filter `(B, T, …)` observations with the posterior mode; returns the belief after the last one."""
+        embed = self._embed(self._obs_input(obs))
+        is_first = is_first.bool()
+        act = self._encode_actions(action, is_first)
+        deter, stoch = state["deter"], state["stoch"]
+        initial = self._initial(deter.shape[0])
+        for t in range(obs.shape[1]):
+            deter, stoch, _, _ = self._obs_step(deter, stoch, act[:, t], embed[:, t], is_first[:, t], initial,
+                                                sample=False)
+        return {"deter": deter, "stoch": stoch}
+
+    def step(
+        self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[State, Prediction]:
+        deter, stoch = state["deter"], state["stoch"]
+        b, k = deter.shape[0], self.config.uncertainty_samples
+        deter, prior = self._img_step(deter, stoch, self.encode_action(action))
+        # K prior samples (K, B, stoch): sample 0 continues the trajectory, all K measure the spread.
+        noise = self._generator_noise((k, b, self.stoch_dim), prior, generator, gumbel=self.categorical)
+        samples = self._sample(prior.unsqueeze(0).expand(k, -1, -1), noise)
+        feats = torch.cat([deter.unsqueeze(0).expand(k, -1, -1), samples], -1)  # (K, B, F)
+        mean_n, std_n = self._decode(feats.flatten(0, 1))
+        # Predictions leave in float32 (physical units), also under bf16 autocast.
+        mean_n, std_n = mean_n.float().unflatten(0, (k, b)), std_n.float().unflatten(0, (k, b))
+        spread = mean_n.std(0, unbiased=False) if k > 1 else torch.zeros_like(mean_n[0])
+        obs_noise = self._generator_noise(tuple(mean_n.shape[1:]), mean_n, generator, gumbel=False)
+        sample_n = mean_n[0] + std_n[0] * obs_noise
+        total_std = (std_n[0] ** 2 + spread**2).sqrt()
+
+        feat = feats[0]
+        reward_n = symexp(self.reward_head(feat).squeeze(-1).float())
+        pred = Prediction(
+            obs=self.clamp_plausible(self.denormalize_obs(self._to_obs_layout(sample_n))),
+            obs_mean=self.clamp_plausible(self.denormalize_obs(self._to_obs_layout(mean_n[0]))),
+            obs_std=self.denormalize_obs_std(self._to_obs_layout(total_std)),
+            reward=self.denormalize_reward(reward_n),
+            terminated=torch.sigmoid(self.termination_head(feat).squeeze(-1).float()),
+            uncertainty=spread.flatten(1).mean(-1),
+        )
+        return {"deter": deter, "stoch": samples[0]}, pred
+
+    # -------------------------------------------------------------- training
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DreamerV3 loss of a batch of windows; each starts from the initial state (is_first at t=0)."""
+        c = self.config
+        if self.image_obs:
+            if batch.image is None:
+                raise ValueError("rssm: the store's observation is an image but the batch has no `image`")
+            obs = batch.image
+        else:
+            obs = batch.obs
+        x = self._obs_input(obs)  # (B, T, D) or (B, T, C, H, W), normalized
+        b, t = x.shape[:2]
+        is_first = batch.is_first.bool().clone()
+        is_first[:, 0] = True
+        act = self._encode_actions(previous_actions(batch.action, is_first), is_first)
+        embed = self._embed(x)
+
+        initial = self._initial(b)
+        deter, stoch = initial
+        deters, stochs, priors, posts = [], [], [], []
+        for i in range(t):
+            deter, stoch, prior, post = self._obs_step(deter, stoch, act[:, i], embed[:, i], is_first[:, i],
+                                                       initial, sample=True)
+            deters.append(deter)
+            stochs.append(stoch)
+            priors.append(prior)
+            posts.append(post)
+        feat = torch.cat([torch.stack(deters, 1), torch.stack(stochs, 1)], -1)  # (B, T, F)
+        prior, post = torch.stack(priors, 1), torch.stack(posts, 1)
+
+        # Reconstruction: Gaussian NLL summed over channels (pixels), averaged over steps.
+        mean, std = self._decode(feat.flatten(0, 1))
+        mean, std = mean.float(), std.float()  # a sum over pixels is too coarse in bf16
+        target = x.flatten(0, 1).float()
+        nll = 0.5 * ((target - mean) / std) ** 2 + std.log() + 0.5 * math.log(2 * math.pi)
+        obs_loss = nll.flatten(1).sum(-1).mean()
+
+        # Reward r_t (after a_t at o_t) is predicted from the feature at t+1, which has seen a_t.
+        reward_pred = self.reward_head(feat[:, 1:]).squeeze(-1).float()
+        reward_target = symlog(self.normalize_reward(batch.reward[:, :-1].float()))
+        valid = (~is_first[:, 1:] & ~batch.is_last[:, :-1].bool()).to(reward_pred.dtype)
+        reward_loss = (((reward_pred - reward_target) ** 2) * valid).sum() / valid.sum().clamp_min(1.0)
+
+        term_logit = self.termination_head(feat).squeeze(-1).float()
+        term_loss = F.binary_cross_entropy_with_logits(term_logit, batch.terminated.float())
+
+        # KL balancing with free bits (DreamerV3): the prior learns fast, the posterior is held loosely.
+        kl_dyn = self._kl(post.detach(), prior)
+        kl_rep = self._kl(post, prior.detach())
+        kl_loss = (c.kl_dyn * kl_dyn.clamp_min(c.free_nats).mean()
+                   + c.kl_rep * kl_rep.clamp_min(c.free_nats).mean())
+
+        total = (c.obs_scale * obs_loss + c.reward_scale * reward_loss
+                 + c.termination_scale * term_loss + kl_loss)
+        metrics = {
+            "obs_nll": obs_loss.detach(),
+            "obs_mse": ((target - mean) ** 2).mean().detach(),
+            "obs_std": std.mean().detach(),
+            "reward_mse": reward_loss.detach(),
+            "termination_bce": term_loss.detach(),
+            "kl": kl_dyn.mean().detach(),
+        }
+        return total, metrics
