@@ -1,0 +1,365 @@
+"""generate.py: the scenario spec, the scenario store, validity against the model evaluation, the CLI.
+
+A tiny ensemble is trained once per session on a small recorded Pendulum-v1 store (a few seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+import generate
+from data_pipeline.eval_windows import eval_windows
+from data_pipeline.record import record
+from data_pipeline.scenario_spec import Condition, Outcome, ScenarioSpecError, load_spec, parse_spec_text
+from data_pipeline.store import TrajectoryStore
+from data_pipeline.windows import normalization_for, split_episodes
+from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
+from worldmodel.evaluation import evaluate, rollout_samples
+from worldmodel.interface import WorldModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@dataclass
+class Trained:
+    store_path: str
+    model_path: str
+    model: WorldModel
+    store: TrajectoryStore
+    split: dict[str, np.ndarray]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A tiny ensemble fitted to 10 random-action Pendulum-v1 episodes of 60 steps (seeded)."""
+    torch.set_num_threads(1)  # the machine is shared: one thread is faster than two contended ones
+    tmp = tmp_path_factory.mktemp("generate")
+    path = str(tmp / "pendulum.zarr")
+    record("Pendulum-v1", 10, path, max_episode_steps=60, progress=False)
+    store = TrajectoryStore.open(path)
+    split = split_episodes(store, 0)
+    torch.manual_seed(0)
+    norm = normalization_for(store, split["train"])
+    model = EnsembleWorldModel(EnsembleConfig.preset("tiny"), store.schema, norm)
+    windows = eval_windows(store, split["train"], 16, 1000)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(400):
+        loss, _ = model.loss(windows)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model_path = str(tmp / "model.pt")
+    model.save(model_path)
+    return Trained(path, model_path, model, store, split)
+
+
+def run(trained: Trained, spec_text: str, out: Path, seed: int | None = None) -> xr.Dataset:
+    spec = parse_spec_text(textwrap.dedent(spec_text), "test.yaml")
+    if seed is not None:
+        spec = spec.with_seed(seed)
+    generate.generate(spec, trained.model, trained.store, out, attrs={"model": "test"}, progress=False)
+    return xr.open_zarr(out)
+
+
+SPEC = """
+    horizon: 10
+    samples: 8
+    seed: 3
+    context: 4
+    starts:
+      - {episode: 0, t: 5}
+      - {every: 20, episode: 1}
+    interventions:
+      factual: {}
+      push_plus: {constant: {torque: 2.0}}
+      push_minus: {constant: {torque: -2.0}}
+    outcomes:
+      fast: {condition: "abs(theta_dot) > 4", when: any}
+    summary: {channels: [theta_dot], times: [5, 10]}
+"""
+
+
+# ------------------------------------------------------------------------------------------ spec
+def test_shipped_specs_parse_and_check(trained: Trained) -> None:
+    spec = load_spec(REPO / "configs/scenarios/pendulum.yaml")
+    spec.check(trained.store.schema)
+    assert spec.factual is not None and spec.factual.name == "factual"
+    names = [i.name for i in spec.interventions]
+    assert "full_torque" in names and "speed_sensor_drift" in names
+    drift = spec.interventions[names.index("speed_sensor_drift")]
+    assert drift.obs_offset == {"theta_dot": 0.5} and not drift.is_factual
+    kick = spec.interventions[names.index("kick_then_brake")]
+    recorded = np.full((30, 1), 0.25)
+    planned = kick.apply(recorded, ["torque"])[:, 0]
+    assert planned[0] == 2.0 and planned[15] == -2.0 and planned[25] == 0.25  # null: back to recorded
+    cart = load_spec(REPO / "configs/scenarios/cartpole.yaml")
+    assert [o.name for o in cart.outcomes] == ["pole_falls", "leaves_track"]
+
+
+BAD_SPECS = [
+    ("interventions: {f: {}}", "starts: missing"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\nhorizon: -1",
+     "horizon: got -1; expected an integer ≥ 1"),
+    ("starts: [{episod: 0}]\ninterventions: {f: {}}", "starts[0]: expected one of"),
+    ("starts: [{episode: 0, t: 1, x: 2}]\ninterventions: {f: {}}", "starts[0].x: unknown key"),
+    ("starts: [{sample: 3, split: holdout}]\ninterventions: {f: {}}", "starts[0].split: got 'holdout'"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {constnt: {torque: 1}}}",
+     "interventions.p.constnt: unknown key"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {schedule: {torque: [[5, 1], [2, 0]]}}}",
+     "interventions.p.schedule.torque: steps [5, 2]; expected strictly increasing"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {constant: {torque: high}}}",
+     "interventions.p.constant.torque: got 'high'; expected a finite number"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {policy: a:b, constant: {torque: 1}}}",
+     "interventions.p: a policy sets every actuator"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {constant: {torque: 1}, scale: {torque: 2}}}",
+     "channel 'torque' is set by ['constant', 'scale/offset']"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\n"
+     "outcomes: {x: \"__import__('os').system('ls') > 1\"}",
+     "outcomes.x.condition: condition"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\noutcomes: {x: {condition: 'a > 1', when: often}}",
+     "outcomes.x.when: got 'often'; expected one of ['any', 'end', 'fraction']"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\nhorizon: 5\nsummary: {times: [10]}",
+     "summary.times[0]: got 10; expected a step in 1..horizon=5"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}, f: {}}", "duplicate key 'f'"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\nsplit: {test_fraction: 1.5}",
+     "split.test_fraction: got 1.5; expected a fraction in [0, 1)"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SPECS)
+def test_bad_spec_names_key_and_expectation(text: str, message: str) -> None:
+    with pytest.raises(ScenarioSpecError) as err:
+        parse_spec_text(text, "bad.yaml")
+    assert message in str(err.value) and str(err.value).startswith("bad.yaml")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("interventions: {p: {constant: {torq: 1}}}", "interventions.p.constant.torq: unknown actuator channel; "
+                                                  "expected one of ['torque']"),
+    ("interventions: {p: {obs_offset: {speed: 1}}}",
+     "interventions.p.obs_offset.speed: unknown observed channel"),
+    ("interventions: {f: {}}\noutcomes: {o: 'omega > 2'}", "outcomes.o.condition.omega: unknown channel"),
+    ("interventions: {f: {}}\nsummary: {channels: [theta]}",
+     "summary.channels.theta: unknown observed channel"),
+])
+def test_spec_channels_are_checked_against_the_store(trained: Trained, text: str, message: str) -> None:
+    spec = parse_spec_text("starts: [{episode: 0, t: 1}]\n" + text, "bad.yaml")
+    with pytest.raises(ScenarioSpecError, match=None) as err:
+        spec.check(trained.store.schema)
+    assert message in str(err.value)
+
+
+def test_start_errors_name_the_key(trained: Trained, tmp_path: Path) -> None:
+    text = "starts: [{episode: 0, t: 1}, {episode: 1, t: 500}]\ninterventions: {f: {}}"
+    spec = parse_spec_text(text, "s.yaml")
+    with pytest.raises(ScenarioSpecError, match=r"starts\[1\]\.t: row 500 is past the end of episode 1 "
+                                                r"\(61 rows\); expected 0\.\.60"):
+        generate.resolve_starts(spec, trained.store)
+    spec = parse_spec_text("starts: [{episode: 99, t: 1}]\ninterventions: {f: {}}", "s.yaml")
+    with pytest.raises(ScenarioSpecError, match=r"starts\[0\]\.episode: 99 is out of range"):
+        generate.resolve_starts(spec, trained.store)
+
+
+def test_condition_grammar_and_outcome_probabilities() -> None:
+    c = Condition.parse("abs(theta_dot) >= 6.5e0", "k")
+    assert (c.channel, c.op, c.value, c.absolute) == ("theta_dot", ">=", 6.5, True)
+    assert Condition.parse("x<-1", "k") == Condition("x", "<", -1.0)
+    for bad in ("x > y", "x >> 1", "1 > x", "x > 1; import os", "abs(x > 1"):
+        with pytest.raises(ScenarioSpecError):
+            Condition.parse(bad, "k")
+    values = np.array([[[0.0, 7.0, 0.0], [0.0, 0.0, 0.0]]])  # (n=1, samples=2, time=3)
+    cond = Condition("v", ">", 6.0)
+    assert Outcome("a", cond, "any").probability(values)[0] == 0.5
+    assert Outcome("b", cond, "end").probability(values)[0] == 0.0
+    assert Outcome("c", cond, "fraction").probability(values)[0] == pytest.approx(1 / 6)
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def test_more_torque_raises_angular_speed(trained: Trained, tmp_path: Path) -> None:
+    ds = run(trained, SPEC, tmp_path / "s.zarr")
+    speed = ds["obs"].sel(obs_channel="theta_dot")
+    for start in np.unique(ds["start"].values):
+        plus = speed.sel(scenario=f"{start}/push_plus").isel(time=slice(4, 10)).median("sample")
+        minus = speed.sel(scenario=f"{start}/push_minus").isel(time=slice(4, 10)).median("sample")
+        assert (plus > minus).all(), f"{start}: +2 N*m does not spin faster than -2 N*m"
+    applied = ds["action"].sel(scenario=ds["intervention"] == "push_plus")
+    assert float(applied.min()) == float(applied.max()) == 2.0
+
+
+def test_scenario_store_layout(trained: Trained, tmp_path: Path) -> None:
+    ds = run(trained, SPEC, tmp_path / "s.zarr")
+    n_starts = 1 + 3  # episode 0 at t=5; episode 1 at t=3, 23, 43
+    assert dict(ds.sizes) == {"scenario": 3 * n_starts, "sample": 8, "time": 10, "obs_channel": 3,
+                              "action_channel": 1}
+    assert ds["obs"].dims == ("scenario", "sample", "time", "obs_channel")
+    assert ds["action"].dims == ("scenario", "sample", "time", "action_channel")
+    for name in ("reward", "terminated", "uncertainty"):
+        assert ds[name].dims == ("scenario", "sample", "time")
+    assert ds["factual_obs"].dims == ("scenario", "time", "obs_channel")
+    assert list(ds["obs_channel"].values) == ["cos_theta", "sin_theta", "theta_dot"]
+    assert ds["scenario"].values[0] == "ep0@t5/factual"
+    assert list(ds["intervention"].values[:3]) == ["factual", "push_plus", "push_minus"]
+    assert list(ds["start_t"].values[::3]) == [5, 3, 23, 43]
+    episodes = trained.store.episodes()
+    assert ds["start_episode"].values[0] == episodes["id"].iloc[0]
+    assert ds.attrs["complete"] and ds.attrs["seed"] == 3 and "push_plus" in ds.attrs["spec"]
+    assert ds.attrs["store_fingerprint"] is not None and ds.attrs["model"] == "test"
+    # The recorded future: rows t+1..t+H of the episode, NaN past its end (episode 1 at t=43: 17 rows left).
+    ep1 = trained.store.read_episode(1)
+    np.testing.assert_array_equal(ds["factual_obs"].sel(scenario="ep1@t23/factual").values, ep1.obs[24:34])
+    last = ds["factual_obs"].sel(scenario="ep1@t43/factual").values
+    assert np.isfinite(last[:ep1.num_rows - 1 - 43]).all() and np.isnan(last[ep1.num_rows - 1 - 43:]).all()
+    np.testing.assert_array_equal(ds["start_obs"].sel(scenario="ep1@t23/factual").values, ep1.obs[23])
+    # Factual actions are the recorded ones.
+    np.testing.assert_array_equal(ds["action"].sel(scenario="ep1@t23/factual").isel(sample=0).values,
+                                  ep1.action[23:33])
+    assert np.isfinite(ds["obs"].values).all()
+
+
+def test_same_seed_same_store_other_seed_differs(trained: Trained, tmp_path: Path) -> None:
+    a = run(trained, SPEC, tmp_path / "a.zarr")
+    b = run(trained, SPEC, tmp_path / "b.zarr")
+    xr.testing.assert_identical(a.load(), b.load())
+    c = run(trained, SPEC, tmp_path / "c.zarr", seed=4)
+    assert not np.array_equal(a["obs"].values, c["obs"].values)
+
+
+def test_blocks_do_not_change_the_result_across_processes(trained: Trained, tmp_path: Path) -> None:
+    """Splitting the blocks over ranks (rank 1 then rank 0, as two processes would) gives the same store."""
+    spec = parse_spec_text(textwrap.dedent(SPEC) + "block_trajectories: 16\n", "t.yaml")  # 2 a block
+    one = tmp_path / "one.zarr"
+    generate.generate(spec, trained.model, trained.store, one, attrs={}, progress=False)
+    two = tmp_path / "two.zarr"
+    generate.generate(spec, trained.model, trained.store, two, attrs={}, rank=0, world_size=2, progress=False)
+    generate.generate(spec, trained.model, trained.store, two, attrs={}, rank=1, world_size=2, progress=False,
+                      overwrite=True)  # rank 1 writes its region into rank 0's store (no re-create)
+    xr.testing.assert_identical(xr.open_zarr(one).load(), xr.open_zarr(two).load())
+
+
+def test_policy_history_and_sensor_offset(trained: Trained, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "twin_policies.py").write_text("import numpy as np\n\ndef push(obs):\n"
+                                               "    return np.full((len(obs), 1), 2.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = "horizon: 6\nsamples: 4\nseed: 1\ncontext: 3\nstarts: [{episode: 2, t: 10}]\n"
+    policy = run(trained, base + "interventions: {p: {policy: 'twin_policies:push'}}", tmp_path / "p.zarr")
+    const = run(trained, base + "interventions: {p: {constant: {torque: 2.0}}}", tmp_path / "c.zarr")
+    # The closed loop steps the same model with the same noise as the open-loop imagine call.
+    np.testing.assert_array_equal(policy["obs"].values, const["obs"].values)
+    np.testing.assert_array_equal(policy["action"].values, const["action"].values)
+
+    ep = trained.store.read_episode(2)
+    np.savez(tmp_path / "hist.npz", obs=ep.obs[:11], action=ep.action[:11])
+    text = base.replace("starts: [{episode: 2, t: 10}]", f"starts: [{{history: {tmp_path / 'hist.npz'}}}]")
+    text += "interventions: {f: {}, drift: {obs_offset: {theta_dot: 0.5}}}"
+    hist = run(trained, text, tmp_path / "h.zarr")
+    assert list(hist["scenario"].values) == ["history:hist/f", "history:hist/drift"]
+    assert np.isnan(hist["factual_obs"].values).all() and int(hist["start_episode_index"][0]) == -1
+    shift = hist["start_obs"].values[1] - hist["start_obs"].values[0]
+    np.testing.assert_allclose(shift, [0, 0, 0.5], atol=1e-6)
+    assert (hist["action"].values[0] == ep.action[10, 0]).all()  # the last action of the history, held
+
+
+def test_factual_scenarios_reproduce_the_model_evaluation(trained: Trained, tmp_path: Path) -> None:
+    """generate's nRMSE and 90% coverage of factual scenarios equal worldmodel.evaluation's, same windows."""
+    context, horizon, samples, seed = 4, 20, 16, 7
+    test_eps = trained.split["test"]
+    windows = eval_windows(trained.store, test_eps, context + horizon, 256)
+    lengths = trained.store.episodes()["length"].to_numpy()
+    starts = [f"{{episode: {e}, t: {a + context - 1}}}" for e in test_eps
+              for a in range(0, lengths[e] - (context + horizon) + 1, context + horizon)]
+    assert len(starts) == windows.batch_size >= 2
+    spec = parse_spec_text(f"horizon: {horizon}\nsamples: {samples}\nseed: {seed}\ncontext: {context}\n"
+                           f"starts: [{', '.join(starts)}]\ninterventions: {{factual: {{}}}}\n", "v.yaml")
+    out = tmp_path / "v.zarr"
+    generate.generate(spec, trained.model, trained.store, out, attrs={}, progress=False)
+    ds = xr.open_zarr(out)
+    block_seed = generate.block_seed(seed, 0)  # all scenarios fit one block
+    expected = rollout_samples(trained.model, windows, context, horizon, samples, block_seed)
+    np.testing.assert_array_equal(ds["obs"].values, expected.numpy())
+    from data_pipeline.scenario_store import summarize
+
+    _, calibration = summarize(out, spec)
+    horizons = (1, 5, 10, 20)
+    metrics = evaluate(trained.model, windows, context=context, horizons=horizons, samples=samples,
+                       seed=block_seed)
+    std = trained.model.obs_std.numpy()
+    truth = windows.obs[:, context:].numpy()
+    for h in horizons:
+        row = calibration.set_index("horizon").loc[h]
+        assert row["nrmse"] == pytest.approx(metrics[f"nrmse/h{h}"], rel=1e-5)
+        # evaluate averages in float32
+        assert row["coverage90"] == pytest.approx(metrics[f"coverage90/h{h}"], rel=1e-6)
+        median = np.median(expected.numpy()[:, :, h - 1], axis=1)
+        nrmse_median = (np.sqrt(((median - truth[:, h - 1]) ** 2).mean(0)) / std).mean()
+        assert row["nrmse_median"] == pytest.approx(nrmse_median, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ command line
+def test_cli_writes_store_summary_plots_and_mlflow_run(trained: Trained, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(SPEC))
+    out, plots = tmp_path / "cli.zarr", tmp_path / "plots"
+    cmd = [sys.executable, str(REPO / "generate.py"), "--config", str(spec), "--model", trained.model_path,
+           "--store", trained.store_path, "--out", str(out), "--plot", str(plots), "--no-progress",
+           "--accelerator", "cpu"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=child_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line and " " not in
+                 line.split(": ", 1)[0])
+    assert lines["scenarios"] == str(out) and lines["plots"] == str(plots)
+    assert Path(lines["summary"]).exists() and lines["run_id"]
+    pngs = sorted(plots.glob("*.png"))
+    assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    import pandas as pd
+
+    table = pd.read_csv(lines["summary"])
+    assert {"theta_dot@10:q05", "theta_dot@10:diff_mean", "P(fast)", "P(fast):diff"} <= set(table.columns)
+    assert (table.loc[table["intervention"] == "factual", "theta_dot@10:diff_mean"] == 0).all()
+    assert "coverage90" in proc.stdout
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_info = client.get_run(lines["run_id"])
+    assert run_info.data.tags["data.fingerprint"] == trained.store.fingerprint()
+    assert "outcome_mean/fast/push_plus" in run_info.data.metrics
+    arts = {a.path for a in client.list_artifacts(lines["run_id"])}
+    assert {"spec", "summary", "plots"} <= arts
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        generate.main(cmd[2:] + ["--no-mlflow"])
+
+
+def test_cli_two_processes_give_the_same_store(trained: Trained, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(SPEC) + "block_trajectories: 16\n")
+    base = [sys.executable, str(REPO / "generate.py"), "--config", str(spec), "--model", trained.model_path,
+            "--store", trained.store_path, "--no-progress", "--no-mlflow", "--accelerator", "cpu"]
+    proc = subprocess.run(base + ["--out", str(tmp_path / "two.zarr"), "--devices", "2"], cwd=tmp_path,
+                          env=child_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("scenarios: ") == 1  # only rank 0 reports
+    generate.main(base[2:] + ["--out", str(tmp_path / "one.zarr")])
+    one, two = xr.open_zarr(tmp_path / "one.zarr").load(), xr.open_zarr(tmp_path / "two.zarr").load()
+    xr.testing.assert_identical(one, two)
+    assert zarr.open_group(str(tmp_path / "two.zarr"), mode="r").attrs["complete"]
