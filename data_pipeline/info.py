@@ -5,11 +5,32 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipeline.stats import channel_stats
-from data_pipeline.store import StoreCorruptionError, TrajectoryStore
+from data_pipeline.store import (
+    CHANNEL_COORDS,
+    EPISODE_VARS,
+    StoreCorruptionError,
+    TrajectoryStore,
+    _local_path,
+)
 
 
 def _fmt_time(ns: int) -> str:
     return np.datetime_as_string(np.datetime64(int(ns), "ns"), unit="ms") + "Z"
+
+
+def _discrete_stats(store: TrajectoryStore) -> dict[str, np.ndarray]:
+    """Statistics of a Discrete action over the rows that have one (not the -1 of last rows)."""
+    values = []
+    chunk = store.array("action").chunks[0]
+    for c0 in range(0, store.num_steps, chunk):
+        c1 = min(c0 + chunk, store.num_steps)
+        action = store.read_rows("action", c0, c1)[:, 0]
+        values.append(action[~store.read_rows("is_last", c0, c1)])
+    v = np.concatenate(values).astype(np.float64) if values else np.zeros(0)
+    if not v.size:
+        return {k: np.array([np.nan]) for k in ("mean", "std", "min", "max")}
+    return {"mean": v.mean(keepdims=True), "std": v.std(keepdims=True), "min": v.min(keepdims=True),
+            "max": v.max(keepdims=True)}
 
 
 def describe(path: str, stats: bool = True) -> str:
@@ -29,10 +50,12 @@ def describe(path: str, stats: bool = True) -> str:
     ]
     if len(table):
         lengths = table["length"].to_numpy() - 1
-        lines.append(f"episode_length: min {lengths.min()}  mean {lengths.mean():.1f}  max {lengths.max()} transitions")
+        lines.append(
+            f"episode_length: min {lengths.min()}  mean {lengths.mean():.1f}  max {lengths.max()} transitions"
+        )
         t0 = int(store.read_rows("time", 0, 1)[0])
         t1 = int(store.read_rows("time", store.num_steps - 1, store.num_steps)[0])
-        lines.append(f"time_span: {_fmt_time(t0)} .. {_fmt_time(t1)}")
+        lines.append(f"time_span: {_fmt_time(t0)} .. {_fmt_time(t1)} ({(t1 - t0) / 1e9:.3f} s)")
         sources = table["source"].value_counts()
         lines.append("sources: " + ", ".join(f"{k} ({v})" for k, v in sources.items()))
     if s.image_shape:
@@ -44,7 +67,9 @@ def describe(path: str, stats: bool = True) -> str:
     groups = [("obs", s.obs_channels, s.obs_units), ("action", s.action_channels, s.action_units),
               ("reward", ["reward"], [s.reward_unit])]
     for var, channels, units in groups:
-        st = channel_stats(store, var) if stats and len(table) and channels else None
+        st = None
+        if stats and len(table) and channels:
+            st = _discrete_stats(store) if var == "action" and s.discrete else channel_stats(store, var)
         for i, (ch, unit) in enumerate(zip(channels, units, strict=True)):
             row = f"{var:<8} {ch:<24} {unit or '-':<14}"
             if st is not None:
@@ -53,33 +78,93 @@ def describe(path: str, stats: bool = True) -> str:
     return "\n".join(lines)
 
 
-def validate_store(path: str, repair: bool = False) -> dict[str, str]:
-    """Check structure (lengths, commit state) and read every chunk (checksums); optionally repair."""
-    store = TrajectoryStore.open(path, mode="a" if repair else "r")
-    report: dict[str, str] = {"store": path}
-    end = store.num_steps
-    tails = {name: store.array(name).shape[0] - end for name in store.step_vars}
-    bad_tail = {k: v for k, v in tails.items() if v}
-    if bad_tail and not repair:
-        report["uncommitted_rows"] = str(max(bad_tail.values()))
-    for name in store.step_vars:
-        chunk = store.array(name).chunks[0]
-        for c0 in range(0, end, chunk):
-            try:
-                store.read_rows(name, c0, min(c0 + chunk, end))
-            except StoreCorruptionError as err:
-                report["status"] = "corrupted"
-                report["error"] = str(err)
-                return report
+def _missing_chunks(store: TrajectoryStore, name: str, end: int) -> list[int]:
+    """Chunks along `step` that hold committed rows but have no file (local stores only)."""
+    local = _local_path(store.path)
+    arr = store.array(name)
+    if local is None or end == 0:
+        return []
+    zeros = (0,) * (arr.ndim - 1)
+    chunk = arr.chunks[0]
+    return [c for c in range(-(-end // chunk))
+            if not (local / name / arr.metadata.encode_chunk_key((c, *zeros))).exists()]
+
+
+def _check_rows(store: TrajectoryStore) -> str | None:
+    """Flags and time against the episode table: what is wrong, or None."""
     table = store.episodes()
+    end = store.num_steps
     starts = table["start"].to_numpy()
     lengths = table["length"].to_numpy()
     if len(table) and (starts[0] != 0 or np.any(starts[1:] != starts[:-1] + lengths[:-1])):
-        report["status"] = "corrupted"
-        report["error"] = "episode table: episodes are not back to back along 'step'"
-        return report
-    report["episodes"] = str(len(table))
-    report["steps"] = str(end)
-    report["status"] = "ok"
-    store.close()
+        return "episode table: episodes are not back to back along 'step'"
+    if len(table) and lengths.min() < 2:
+        i = int(np.argmin(lengths))
+        return f"episode table: episode {i} has {lengths[i]} rows; expected at least 2"
+    first = np.zeros(end, bool)
+    first[starts] = True
+    last = np.zeros(end, bool)
+    last[starts + lengths - 1] = True
+    for name, want in (("is_first", first), ("is_last", last)):
+        got = store.read_rows(name, 0, end)
+        if (got != want).any():
+            row = int(np.flatnonzero(got != want)[0])
+            return (f"array '{name}' is {bool(got[row])} at row {row}; "
+                    f"the episode table implies {bool(want[row])}")
+    time = store.read_rows("time", 0, end)
+    bad = np.flatnonzero((np.diff(time) <= 0) & ~last[:-1])
+    if bad.size:
+        row = int(bad[0]) + 1
+        return f"array 'time' does not increase at row {row} ({time[row - 1]} then {time[row]} ns)"
+    return None
+
+
+def validate_store(path: str, repair: bool = False) -> dict[str, str]:
+    """Check structure, commit state and every committed chunk (crc32c checksums); optionally repair.
+
+    Returns `key: value` lines for the CLI; `status` is `ok` or `corrupted` (then `error` says
+    which array and chunk). `repair` opens the store for writing, which drops an uncommitted tail.
+    """
+    report: dict[str, str] = {"store": path}
+    if repair:
+        with TrajectoryStore.open(path) as reader:
+            tail = max(reader.array(n).shape[0] for n in reader.step_vars) - reader.num_steps
+        if tail:
+            with TrajectoryStore.open(path, mode="a"):  # opening for writing drops the uncommitted tail
+                report["dropped_rows"] = str(tail)
+    with TrajectoryStore.open(path) as store:
+        end = store.num_steps
+        tails = {name: store.array(name).shape[0] - end for name in store.step_vars}
+        if any(tails.values()):
+            report["uncommitted_rows"] = str(max(tails.values()))
+        try:
+            for name in [*store.step_vars, *EPISODE_VARS, *CHANNEL_COORDS]:
+                arr = store.array(name)
+                if name in store.step_vars:
+                    missing = _missing_chunks(store, name, end)
+                    if missing:
+                        raise StoreCorruptionError(
+                            f"{path}: array '{name}' chunk {missing[0]} along 'step' holds committed rows "
+                            f"but its file is missing ({len(missing)} chunk(s) missing)"
+                        )
+                    chunk = arr.chunks[0]
+                    for c0 in range(0, end, chunk):
+                        store.read_rows(name, c0, min(c0 + chunk, end))
+                else:
+                    try:
+                        arr[:]
+                    except Exception as err:
+                        raise StoreCorruptionError(f"{path}: array '{name}' cannot be read ({err})") from err
+            problem = _check_rows(store)
+        except StoreCorruptionError as err:
+            report["status"] = "corrupted"
+            report["error"] = str(err)
+            return report
+        if problem:
+            report["status"] = "corrupted"
+            report["error"] = f"{path}: {problem}"
+            return report
+        report["episodes"] = str(len(store.episodes()))
+        report["steps"] = str(end)
+        report["status"] = "ok"
     return report

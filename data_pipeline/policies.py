@@ -28,6 +28,8 @@ def sb3_algorithm_of(path: str | Path) -> str:
     for name in _SB3_ALGOS:
         if f"stable_baselines3.{name.lower()}." in module:
             return name
+    if "stable_baselines3.common.policies" in module:  # PPO and A2C share ActorCriticPolicy
+        return "PPO" if "clip_range" in data else "A2C"
     raise ValueError(f"{path}: cannot tell which stable-baselines3 algorithm saved this zip")
 
 

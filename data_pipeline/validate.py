@@ -28,6 +28,128 @@ def _first_bad_row(mask: np.ndarray) -> tuple[int, int | None]:
     return int(idx[0]), (int(idx[1]) if idx.shape[0] > 1 else None)
 
 
+def validate_rows(
+    schema: StoreSchema,
+    *,
+    where: str,
+    action: np.ndarray,
+    reward: np.ndarray,
+    obs: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+    time: np.ndarray | None = None,
+    row0: int = 0,
+    ends_episode: bool = True,
+    prev_time: int | None = None,
+) -> None:
+    """Check a block of consecutive rows of one episode against the schema.
+
+    `row0` is the block's first row within its episode (so messages name episode rows);
+    `ends_episode` says whether the block's last row is the episode's last (whose action and reward
+    are ignored); `prev_time` is the time of the row just before the block, so time stays
+    strictly increasing across blocks of a streamed episode.
+    """
+    n = reward.shape[0]
+    if reward.ndim != 1:
+        raise DataValidationError(f"{where}: field 'reward' has shape {reward.shape}; expected ({n},)")
+    body = slice(0, n - 1) if ends_episode else slice(0, n)  # rows whose action and reward count
+
+    if schema.obs_dim:
+        if obs is None:
+            raise DataValidationError(
+                f"{where}: field 'obs' is missing; expected ({n}, {schema.obs_dim}) float32"
+            )
+        if obs.shape != (n, schema.obs_dim):
+            raise DataValidationError(
+                f"{where}: field 'obs' has shape {obs.shape}; expected ({n}, {schema.obs_dim}) "
+                f"for channels {schema.obs_channels}"
+            )
+        if not (np.issubdtype(obs.dtype, np.floating) or np.issubdtype(obs.dtype, np.integer)):
+            raise DataValidationError(
+                f"{where}: field 'obs' has dtype {obs.dtype}; expected floats (stored as float32)"
+            )
+        # Checked as stored (float32), so a float64 beyond float32's range is caught too.
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(obs.astype(np.float32, copy=False))
+        if bad.any():
+            row, col = _first_bad_row(bad)
+            raise DataValidationError(
+                f"{where}: channel '{schema.obs_channels[col]}' of field 'obs' is {obs[row, col]} at row "
+                f"{row0 + row}; expected a finite float32 number (choose a nan_policy in the ingest spec "
+                "to mask or fill)"
+            )
+    elif obs is not None and obs.size:
+        raise DataValidationError(
+            f"{where}: field 'obs' given but the store has no vector observation channels"
+        )
+
+    if schema.image_shape is not None:
+        want = (n, *schema.image_shape)
+        if image is None or image.shape != want or image.dtype != np.uint8:
+            got = None if image is None else f"shape {image.shape} {image.dtype}"
+            raise DataValidationError(f"{where}: field 'image' is {got}; expected shape {want} uint8")
+    elif image is not None:
+        raise DataValidationError(f"{where}: field 'image' given but the store has no image observations")
+
+    if action.shape != (n, schema.action_dim):
+        raise DataValidationError(
+            f"{where}: field 'action' has shape {action.shape}; expected ({n}, {schema.action_dim}) "
+            f"for channels {schema.action_channels}"
+        )
+    if schema.discrete:
+        if not np.issubdtype(action.dtype, np.integer):
+            raise DataValidationError(
+                f"{where}: field 'action' has dtype {action.dtype}; "
+                "expected integers for a Discrete action space"
+            )
+        n_actions = int(schema.action_space["n"])
+        start = int(schema.action_space.get("start", 0))
+        values = action[body, 0]
+        bad = (values < start) | (values >= start + n_actions)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataValidationError(
+                f"{where}: channel '{schema.action_channels[0]}' of field 'action' is {values[row]} at row "
+                f"{row0 + row}; expected an integer in [{start}, {start + n_actions}) "
+                f"(only the episode's last row holds {DISCRETE_FILL})"
+            )
+    else:
+        if not (np.issubdtype(action.dtype, np.floating) or np.issubdtype(action.dtype, np.integer)):
+            raise DataValidationError(
+                f"{where}: field 'action' has dtype {action.dtype}; expected floats (stored as float32)"
+            )
+        bad = ~np.isfinite(action[body].astype(np.float32, copy=False))
+        if bad.any():
+            row, col = _first_bad_row(bad)
+            raise DataValidationError(
+                f"{where}: channel '{schema.action_channels[col]}' of field 'action' is "
+                f"{action[row, col]} at row {row0 + row}; expected a finite number "
+                "(only the episode's last row is NaN)"
+            )
+    bad = ~np.isfinite(reward[body].astype(np.float32, copy=False))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataValidationError(
+            f"{where}: field 'reward' is {reward[row]} at row {row0 + row}; expected a finite number "
+            "(only the episode's last row is NaN)"
+        )
+
+    if time is not None:
+        if time.shape != (n,) or not np.issubdtype(time.dtype, np.integer):
+            raise DataValidationError(
+                f"{where}: field 'time' has shape {time.shape} dtype {time.dtype}; expected ({n},) int64 ns"
+            )
+        t = time.astype(np.int64) if prev_time is None else np.r_[np.int64(prev_time), time.astype(np.int64)]
+        step = np.diff(t)
+        if (step <= 0).any():
+            i = int(np.flatnonzero(step <= 0)[0])  # t[i] then t[i + 1]
+            row = row0 + i + (0 if prev_time is not None else 1)
+            kind = "duplicate" if step[i] == 0 else "decreasing"
+            raise DataValidationError(
+                f"{where}: field 'time' is {kind} at row {row} ({t[i]} then {t[i + 1]} ns); "
+                "expected strictly increasing timestamps"
+            )
+
+
 def validate_episode(
     ep: Episode,
     schema: StoreSchema,
@@ -36,106 +158,31 @@ def validate_episode(
     min_transitions: int = 1,
     existing_ids: Iterable[str] = (),
 ) -> None:
-    """Check one episode against the store schema; raise `DataValidationError` on the first problem."""
+    """Check one whole episode against the store schema; raise `DataValidationError` on the first problem."""
     where = _where(ep, source)
     n = ep.num_rows
     if ep.reward.ndim != 1:
         raise DataValidationError(f"{where}: field 'reward' has shape {ep.reward.shape}; expected (rows,)")
     if n - 1 < min_transitions:
         raise DataValidationError(
-            f"{where}: episode has {n - 1} transitions; expected at least {min_transitions} (min_transitions)"
+            f"{where}: episode has {max(n - 1, 0)} transitions ({n} rows); "
+            f"expected at least {min_transitions} (min_transitions)"
         )
     for name in ("terminated", "truncated"):
-        arr = getattr(ep, name)
+        arr = np.asarray(getattr(ep, name))
         if arr.shape != (n,):
             raise DataValidationError(f"{where}: field '{name}' has shape {arr.shape}; expected ({n},)")
-        if np.asarray(arr[:-1]).any():
+        if arr[:-1].any():
             row = int(np.flatnonzero(arr[:-1])[0])
             raise DataValidationError(
                 f"{where}: field '{name}' is set at row {row}; expected it only on the last row ({n - 1})"
             )
-
-    if schema.obs_dim:
-        if ep.obs is None:
-            raise DataValidationError(f"{where}: field 'obs' is missing; expected ({n}, {schema.obs_dim}) float32")
-        if ep.obs.shape != (n, schema.obs_dim):
-            raise DataValidationError(
-                f"{where}: field 'obs' has shape {ep.obs.shape}; expected ({n}, {schema.obs_dim}) "
-                f"for channels {schema.obs_channels}"
-            )
-        if not np.issubdtype(ep.obs.dtype, np.floating):
-            raise DataValidationError(f"{where}: field 'obs' has dtype {ep.obs.dtype}; expected a float dtype")
-        bad = ~np.isfinite(ep.obs)
-        if bad.any():
-            row, col = _first_bad_row(bad)
-            raise DataValidationError(
-                f"{where}: channel '{schema.obs_channels[col]}' of field 'obs' is {ep.obs[row, col]} at row "
-                f"{row}; expected a finite number (choose a nan_policy in the ingest spec to mask or fill)"
-            )
-    elif ep.obs is not None and ep.obs.size:
-        raise DataValidationError(f"{where}: field 'obs' given but the store has no vector observation channels")
-
-    if schema.image_shape is not None:
-        want = (n, *schema.image_shape)
-        if ep.image is None or ep.image.shape != want or ep.image.dtype != np.uint8:
-            got = None if ep.image is None else (ep.image.shape, str(ep.image.dtype))
-            raise DataValidationError(f"{where}: field 'image' is {got}; expected shape {want} uint8")
-    elif ep.image is not None:
-        raise DataValidationError(f"{where}: field 'image' given but the store has no image observations")
-
-    act = ep.action
-    if act.shape != (n, schema.action_dim):
-        raise DataValidationError(
-            f"{where}: field 'action' has shape {act.shape}; expected ({n}, {schema.action_dim}) "
-            f"for channels {schema.action_channels}"
-        )
-    if schema.discrete:
-        if not np.issubdtype(act.dtype, np.integer):
-            raise DataValidationError(
-                f"{where}: field 'action' has dtype {act.dtype}; expected integers for a Discrete action space"
-            )
-        n_actions = int(schema.action_space["n"])
-        start = int(schema.action_space.get("start", 0))
-        body = act[:-1, 0]
-        bad = (body < start) | (body >= start + n_actions)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise DataValidationError(
-                f"{where}: field 'action' is {body[row]} at row {row}; expected an integer in "
-                f"[{start}, {start + n_actions}) (the last row holds {DISCRETE_FILL})"
-            )
-    else:
-        bad = ~np.isfinite(act[:-1])
-        if bad.any():
-            row, col = _first_bad_row(bad)
-            raise DataValidationError(
-                f"{where}: channel '{schema.action_channels[col]}' of field 'action' is {act[row, col]} at "
-                f"row {row}; expected a finite number (only the last row is NaN)"
-            )
-    bad = ~np.isfinite(ep.reward[:-1])
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataValidationError(
-            f"{where}: field 'reward' is {ep.reward[row]} at row {row}; expected a finite number "
-            "(only the last row is NaN)"
-        )
-
-    if ep.time is not None:
-        if ep.time.shape != (n,) or not np.issubdtype(ep.time.dtype, np.integer):
-            raise DataValidationError(
-                f"{where}: field 'time' has shape {ep.time.shape} dtype {ep.time.dtype}; expected ({n},) int64 ns"
-            )
-        step = np.diff(ep.time)
-        if (step <= 0).any():
-            row = int(np.flatnonzero(step <= 0)[0]) + 1
-            kind = "duplicate" if step[row - 1] == 0 else "decreasing"
-            raise DataValidationError(
-                f"{where}: field 'time' is {kind} at row {row} ({ep.time[row - 1]} then {ep.time[row]} ns); "
-                "expected strictly increasing timestamps"
-            )
-
+    validate_rows(schema, where=where, obs=ep.obs, image=ep.image, action=np.asarray(ep.action),
+                  reward=np.asarray(ep.reward), time=None if ep.time is None else np.asarray(ep.time))
     if ep.episode_id is not None and ep.episode_id in set(existing_ids):
-        raise DataValidationError(f"{where}: episode_id {ep.episode_id!r} is already in the store; expected a new id")
+        raise DataValidationError(
+            f"{where}: episode_id {ep.episode_id!r} is already in the store; expected a new id"
+        )
 
 
 def check_schema_matches(stored: StoreSchema, incoming: StoreSchema, *, source: str) -> None:
@@ -146,9 +193,14 @@ def check_schema_matches(stored: StoreSchema, incoming: StoreSchema, *, source: 
             raise DataValidationError(
                 f"{source}: schema field '{name}' is {b}; the store has {a} (schema drift on append)"
             )
-    if stored.action_space != incoming.action_space:
-        raise DataValidationError(
-            f"{source}: action space {incoming.action_space} differs from the store's {stored.action_space}"
-        )
+    for name in ("observation_space", "action_space", "reward_unit"):
+        a, b = getattr(stored, name), getattr(incoming, name)
+        if a != b:
+            raise DataValidationError(
+                f"{source}: schema field '{name}' is {b}; the store has {a} (schema drift on append)"
+            )
     if abs(stored.dt - incoming.dt) > 1e-12 * max(1.0, stored.dt):
-        raise DataValidationError(f"{source}: dt is {incoming.dt} s; the store has {stored.dt} s")
+        raise DataValidationError(
+            f"{source}: schema field 'dt' is {incoming.dt} s; the store has {stored.dt} s "
+            "(schema drift on append)"
+        )

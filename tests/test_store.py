@@ -1,0 +1,625 @@
+"""The trajectory store (contract 1): round trips, ragged episodes, validation, the writer lock,
+crash recovery and streaming."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import make_tiny_episodes, make_tiny_schema, subprocess_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from data_pipeline.info import validate_store
+from data_pipeline.schema import COMMITTED, Episode
+from data_pipeline.store import (
+    StoreCorruptionError,
+    StoreLockedError,
+    TrajectoryStore,
+    lock_path_of,
+)
+from data_pipeline.validate import DataValidationError
+
+STEP_VARS = ["obs", "image", "action", "reward", "terminated", "truncated", "is_first", "is_last", "time"]
+
+
+def expected_dataset(schema, episodes: list[Episode]) -> xr.Dataset:
+    """What a store holding `episodes` must read back as, built without the store."""
+    n_rows = [ep.num_rows for ep in episodes]
+    starts = np.cumsum([0, *n_rows[:-1]])
+    flag = {name: [] for name in ("is_first", "is_last")}
+    for n in n_rows:
+        flag["is_first"].append(np.r_[True, np.zeros(n - 1, bool)])
+        flag["is_last"].append(np.r_[np.zeros(n - 1, bool), True])
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(ep, name) for ep in episodes])
+
+    data = {
+        "action": (("step", "action_channel"), cat("action")),
+        "reward": ("step", cat("reward")),
+        "terminated": ("step", cat("terminated")),
+        "truncated": ("step", cat("truncated")),
+        "is_first": ("step", np.concatenate(flag["is_first"])),
+        "is_last": ("step", np.concatenate(flag["is_last"])),
+        "time": ("step", cat("time")),
+        "episode_id": ("episode", np.array([ep.episode_id for ep in episodes])),
+        "episode_start": ("episode", starts.astype(np.int64)),
+        "episode_length": ("episode", np.array(n_rows, np.int64)),
+        "episode_source": ("episode", np.array([ep.source for ep in episodes])),
+        "episode_seed": ("episode", np.array([ep.seed for ep in episodes], np.int64)),
+        "episode_start_time": ("episode", np.array([ep.start_time for ep in episodes], np.int64)),
+        "episode_status": ("episode", np.full(len(episodes), COMMITTED, np.int8)),
+    }
+    if schema.obs_dim:
+        data["obs"] = (("step", "obs_channel"), cat("obs"))
+    if schema.image_shape:
+        data["image"] = (("step", "height", "width", "color"), cat("image"))
+    coords = {
+        "obs_channel": schema.obs_channels,
+        "obs_unit": ("obs_channel", schema.obs_units),
+        "action_channel": schema.action_channels,
+        "action_unit": ("action_channel", schema.action_units),
+    }
+    return xr.Dataset(data, coords=coords)
+
+
+def assert_store_holds(ds: xr.Dataset, schema, episodes: list[Episode]) -> None:
+    """`ds` (read from a store) has exactly the episodes' data, channels and units."""
+    expected = expected_dataset(schema, episodes)
+    actual = ds.drop_vars([v for v in ds.data_vars if v not in expected.data_vars]).load()
+    for name in list(expected.variables):  # attrs (long names, units) are checked elsewhere
+        expected[name].attrs = dict(actual[name].attrs)
+    expected.attrs = dict(actual.attrs)
+    xr.testing.assert_identical(actual, expected)
+
+
+def store_digest(path: str) -> dict[str, str]:
+    """Every file of a store (and its lock file's existence) with the hash of its bytes."""
+    root = Path(path)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def episode_equal(got: Episode, want: Episode) -> None:
+    for name in ("obs", "image", "action", "reward", "terminated", "truncated", "time"):
+        a, b = getattr(got, name), getattr(want, name)
+        if b is None:
+            assert a is None, name
+            continue
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        assert a.dtype == b.dtype, name
+    assert (got.episode_id, got.source, got.seed, got.start_time) == (
+        want.episode_id, want.source, want.seed, want.start_time)
+
+
+# ---------------------------------------------------------------- round trips
+@pytest.mark.parametrize("kind", [
+    dict(action="box"),
+    dict(action="discrete", n_actions=4),
+    dict(obs_dim=2, image_shape=(8, 6, 3)),
+    dict(obs_dim=0, image_shape=(4, 4, 3), action="discrete"),
+])
+def test_round_trip_identical(tiny_store, kind):
+    tiny = tiny_store(episodes=4, chunk_steps=7, **kind)
+    store = TrajectoryStore.open(tiny.path)
+    assert_store_holds(store.to_xarray(), tiny.schema, tiny.episodes)
+    # Plain xarray, without twinworld: the consolidated snapshot and the live metadata agree.
+    with xr.open_zarr(tiny.path) as plain:
+        assert_store_holds(plain, tiny.schema, tiny.episodes)
+    with xr.open_zarr(tiny.path, consolidated=False) as plain:
+        assert_store_holds(plain, tiny.schema, tiny.episodes)
+    assert store.to_xarray().attrs["schema"] == tiny.schema.to_attrs()
+    for i, ep in enumerate(tiny.episodes):
+        episode_equal(store.read_episode(i), ep)
+        episode_equal(store.read_episode(ep.episode_id), ep)
+
+
+def test_named_channels_units_and_attrs(tiny_store):
+    tiny = tiny_store(episodes=2, obs_dim=2)
+    with xr.open_zarr(tiny.path) as ds:
+        assert list(ds.obs_channel.values) == ["obs_0", "obs_1"]
+        assert list(ds.obs_unit.values) == ["m", "m"]
+        assert list(ds.action_unit.values) == ["N", "N"]
+        assert ds.time.dtype == np.int64 and "ns since 1970" in ds.time.attrs["unit"]
+        assert ds.attrs["dt"] == 0.1 and ds.attrs["schema_version"] == "1.0"
+        assert ds.attrs["obs_units"] == {"obs_0": "m", "obs_1": "m"}
+        assert all("long_name" in ds[v].attrs for v in ds.data_vars)
+
+
+def test_select_and_fingerprint(tiny_store):
+    tiny = tiny_store(episodes=5)
+    store = TrajectoryStore.open(tiny.path)
+    picked = [tiny.episodes[3], tiny.episodes[1]]
+    ds = store.select([3, tiny.episodes[1].episode_id])
+    assert list(ds.episode_id.values) == [ep.episode_id for ep in picked]
+    np.testing.assert_array_equal(ds.obs.values, np.concatenate([ep.obs for ep in picked]))
+    fp = store.fingerprint()
+    assert TrajectoryStore.open(tiny.path).fingerprint() == fp
+    with TrajectoryStore.open(tiny.path, mode="a") as w:
+        w.append(make_tiny_episodes(tiny.schema, 1, seed=9))
+    assert store.fingerprint() != fp  # a reader sees the new commit
+    with pytest.raises(KeyError, match="no committed episode with id 'nope'"):
+        store.read_episode("nope")
+    with pytest.raises(IndexError, match="out of range"):
+        store.read_episode(99)
+
+
+# ---------------------------------------------------------------- ragged episodes (property-based)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    appends=st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=3), min_size=1, max_size=3),
+    discrete=st.booleans(),
+    obs_dim=st.integers(1, 3),
+    chunk_steps=st.integers(2, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_ragged_episodes(appends, discrete, obs_dim, chunk_steps, seed):
+    schema = make_tiny_schema(obs_dim=obs_dim, action="discrete" if discrete else "box")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "r.zarr")
+        written: list[Episode] = []
+        with TrajectoryStore.create(path, schema, chunk_steps=chunk_steps) as store:
+            for k, lengths in enumerate(appends):
+                eps = make_tiny_episodes(schema, lengths, seed=seed + k, id_prefix=f"a{k}-")
+                assert store.append(eps) == [ep.episode_id for ep in eps]
+                written += eps
+        store = TrajectoryStore.open(path)
+        table = store.episodes()
+        lengths = np.array([ep.num_rows for ep in written])
+        np.testing.assert_array_equal(table["length"], lengths)  # N+1 rows
+        np.testing.assert_array_equal(table["start"], np.r_[0, np.cumsum(lengths)[:-1]])  # back to back
+        assert store.num_steps == lengths.sum()
+        for i, ep in enumerate(written):
+            got = store.read_episode(i)
+            episode_equal(got, ep)
+            assert np.isnan(got.reward[-1]) and not np.isnan(got.reward[:-1]).any()
+            if discrete:
+                assert got.action[-1, 0] == -1 and (got.action[:-1] >= 0).all()
+            else:
+                assert np.isnan(got.action[-1]).all() and np.isfinite(got.action[:-1]).all()
+        first = store.read_rows("is_first", 0, store.num_steps)
+        last = store.read_rows("is_last", 0, store.num_steps)
+        np.testing.assert_array_equal(np.flatnonzero(first), table["start"])
+        np.testing.assert_array_equal(np.flatnonzero(last), table["start"] + table["length"] - 1)
+
+
+# ---------------------------------------------------------------- validation: rejected, store untouched
+def _bad(field: str, fn, words: list[str]):
+    def make(ep: Episode) -> Episode:
+        ep = dataclasses.replace(ep)
+        fn(ep)
+        return ep
+    return pytest.param(make, words, id=field)
+
+
+def _set(ep: Episode, name: str, row, value) -> None:
+    arr = getattr(ep, name).copy()
+    arr[row] = value
+    setattr(ep, name, arr)
+
+
+def _short(ep: Episode) -> None:
+    for name in ("obs", "action", "reward", "terminated", "truncated", "time"):
+        setattr(ep, name, getattr(ep, name)[:1])
+
+
+BAD_EPISODES = [  # the bad episode has 5 transitions (6 rows), 3 obs and 2 action channels
+    _bad("obs-nan", lambda ep: _set(ep, "obs", (3, 1), np.nan),
+         ["channel 'obs_1'", "'obs'", "row 3", "finite"]),
+    _bad("obs-inf", lambda ep: _set(ep, "obs", (2, 0), np.inf), ["channel 'obs_0'", "row 2", "inf"]),
+    _bad("obs-overflow", lambda ep: setattr(ep, "obs", np.full(ep.obs.shape, 1e300)),
+         ["'obs'", "row 0", "float32"]),
+    _bad("time-decreasing", lambda ep: _set(ep, "time", 4, ep.time[2]),
+         ["field 'time' is decreasing at row 4", "strictly increasing"]),
+    _bad("time-duplicate", lambda ep: _set(ep, "time", 3, ep.time[2]),
+         ["field 'time' is duplicate at row 3", "strictly increasing"]),
+    _bad("time-float", lambda ep: setattr(ep, "time", ep.time.astype(float)), ["'time'", "int64 ns"]),
+    _bad("obs-shape", lambda ep: setattr(ep, "obs", ep.obs[:, :2]),
+         ["field 'obs' has shape (6, 2)", "(6, 3)"]),
+    _bad("obs-rows", lambda ep: setattr(ep, "obs", ep.obs[:-1]), ["field 'obs' has shape (5, 3)", "(6, 3)"]),
+    _bad("obs-dtype", lambda ep: setattr(ep, "obs", ep.obs.astype(str)), ["field 'obs' has dtype", "floats"]),
+    _bad("obs-missing", lambda ep: setattr(ep, "obs", None), ["field 'obs' is missing"]),
+    _bad("action-shape", lambda ep: setattr(ep, "action", ep.action[:, :1]),
+         ["field 'action' has shape (6, 1)", "expected (6, 2)", "action_0"]),
+    _bad("action-nan", lambda ep: _set(ep, "action", (1, 1), np.nan),
+         ["channel 'action_1' of field 'action'", "row 1", "finite"]),
+    _bad("reward-inf", lambda ep: _set(ep, "reward", 4, -np.inf), ["field 'reward' is -inf at row 4"]),
+    _bad("reward-shape", lambda ep: setattr(ep, "reward", ep.reward[:, None]), ["field 'reward' has shape"]),
+    _bad("terminated-early", lambda ep: _set(ep, "terminated", 2, True),
+         ["field 'terminated' is set at row 2", "only on the last row (5)"]),
+    _bad("image-given", lambda ep: setattr(ep, "image", np.zeros((6, 2, 2, 3), np.uint8)),
+         ["field 'image' given", "no image"]),
+    _bad("too-short", _short, ["0 transitions (1 rows)", "at least 1 (min_transitions)"]),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "words"), BAD_EPISODES)
+def test_bad_episode_rejected_store_untouched(tiny_store, corrupt, words):
+    tiny = tiny_store(episodes=2)
+    before = store_digest(tiny.path)
+    good, bad = make_tiny_episodes(tiny.schema, [3, 5], seed=7, id_prefix="new-")
+    with TrajectoryStore.open(tiny.path, mode="a") as store:
+        with pytest.raises(DataValidationError) as err:
+            store.append([good, corrupt(bad)])  # the good one is not written either
+        assert store.num_episodes == 2
+    message = str(err.value)
+    assert "tiny (episode new-1)" in message
+    for word in words:
+        assert word in message, message
+    assert store_digest(tiny.path) == before
+
+
+DISCRETE_BAD = [
+    _bad("float-actions", lambda ep: setattr(ep, "action", ep.action.astype(np.float32)),
+         ["field 'action' has dtype float32", "integers for a Discrete"]),
+    _bad("out-of-range", lambda ep: _set(ep, "action", (2, 0), 4),
+         ["channel 'action' of field 'action' is 4 at row 2", "[0, 4)"]),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "words"), DISCRETE_BAD)
+def test_bad_discrete_action_rejected(tiny_store, corrupt, words):
+    tiny = tiny_store(episodes=1, action="discrete", n_actions=4)
+    before = store_digest(tiny.path)
+    (ep,) = make_tiny_episodes(tiny.schema, [4], seed=3, id_prefix="new-")
+    with TrajectoryStore.open(tiny.path, mode="a") as store, pytest.raises(DataValidationError) as err:
+        store.append(corrupt(ep))
+    for word in words:
+        assert word in str(err.value), str(err.value)
+    assert store_digest(tiny.path) == before
+
+
+def test_bad_image_rejected(tiny_store):
+    tiny = tiny_store(episodes=1, obs_dim=1, image_shape=(4, 4, 3))
+    before = store_digest(tiny.path)
+    (ep,) = make_tiny_episodes(tiny.schema, [3], seed=3, id_prefix="new-")
+    with TrajectoryStore.open(tiny.path, mode="a") as store:
+        for image, word in [(ep.image.astype(np.float32), "float32"), (ep.image[:, :2], "(4, 2, 4, 3)"),
+                            (None, "is None")]:
+            with pytest.raises(DataValidationError, match="field 'image'") as err:
+                store.append(dataclasses.replace(ep, image=image))
+            assert word in str(err.value) and "expected shape (4, 4, 4, 3) uint8" in str(err.value)
+    assert store_digest(tiny.path) == before
+
+
+def test_duplicate_ids_and_min_transitions(tiny_store):
+    tiny = tiny_store(episodes=2)
+    before = store_digest(tiny.path)
+    fresh = make_tiny_episodes(tiny.schema, [4, 4], seed=5, id_prefix="x-")
+    with TrajectoryStore.open(tiny.path, mode="a") as store:
+        with pytest.raises(DataValidationError, match=r"episode_id 's0-1' is already in the store; expected"):
+            store.append(dataclasses.replace(fresh[0], episode_id="s0-1"))
+        with pytest.raises(DataValidationError, match=r"episode_id 'x-0' is already in the store"):
+            store.append([fresh[0], dataclasses.replace(fresh[1], episode_id="x-0")])  # twice in one batch
+        with pytest.raises(DataValidationError, match=r"4 transitions \(5 rows\); expected at least 5"):
+            store.append(fresh, min_transitions=5)
+        with pytest.raises(PermissionError, match="read-only"):
+            TrajectoryStore.open(tiny.path).append(fresh)
+    assert store_digest(tiny.path) == before
+
+
+# ---------------------------------------------------------------- one writer per store
+def _child(code: str, *args: str, wait: bool = True, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", textwrap.dedent(code), *args]
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=120, **kw)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env())
+
+
+OPEN_FOR_WRITING = """
+    import sys
+    from data_pipeline.store import StoreLockedError, TrajectoryStore
+    try:
+        TrajectoryStore.open(sys.argv[1], mode="a").close()
+    except StoreLockedError as err:
+        print(err)
+        sys.exit(3)
+    print("opened")
+"""
+
+
+def test_one_writer_lock(tiny_store):
+    tiny = tiny_store(episodes=1)
+    writer = TrajectoryStore.open(tiny.path, mode="a")
+    result = _child(OPEN_FOR_WRITING, tiny.path)
+    assert result.returncode == 3, result.stderr
+    assert f"pid {os.getpid()}" in result.stdout and "one writer" in result.stdout
+    with pytest.raises(StoreLockedError, match=f"pid {os.getpid()}"):  # a second handle in this process too
+        TrajectoryStore.open(tiny.path, mode="a")
+    assert TrajectoryStore.open(tiny.path).num_episodes == 1  # readers are never blocked
+    writer.close()
+    assert _child(OPEN_FOR_WRITING, tiny.path).stdout.strip() == "opened"
+    assert lock_path_of(tiny.path).parent == Path(tiny.path).resolve().parent  # beside, not inside
+    with pytest.raises(PermissionError, match="closed"):
+        writer.append(make_tiny_episodes(tiny.schema, 1, seed=4))
+
+
+def test_lock_released_when_writer_dies(tiny_store):
+    tiny = tiny_store(episodes=1)
+    child = _child("""
+        import sys, time
+        from data_pipeline.store import TrajectoryStore
+        store = TrajectoryStore.open(sys.argv[1], mode="a")
+        print("locked", flush=True)
+        time.sleep(60)
+    """, tiny.path, wait=False)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError, match=f"pid {child.pid}"):
+            TrajectoryStore.open(tiny.path, mode="a")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    TrajectoryStore.open(tiny.path, mode="a").close()
+
+
+def test_create_takes_the_lock(tiny_store):
+    tiny = tiny_store(episodes=1)
+    with TrajectoryStore.open(tiny.path, mode="a"), pytest.raises(StoreLockedError):
+        TrajectoryStore.create(tiny.path, tiny.schema, overwrite=True)  # would delete under a writer
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        TrajectoryStore.create(tiny.path, tiny.schema)
+    assert TrajectoryStore.open(tiny.path).num_episodes == 1
+
+
+# ---------------------------------------------------------------- crash recovery
+CRASHING_WRITER = """
+    import os, signal, sys
+    from conftest import make_tiny_episodes, make_tiny_schema
+    from data_pipeline import store as store_mod
+    from data_pipeline.store import TrajectoryStore
+
+    path, mode, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    schema = make_tiny_schema()
+    store = TrajectoryStore.create(path, schema, chunk_steps=16)
+    batch = 0
+    if mode in ("data", "table"):
+        commit = store._commit_table
+        def dying_commit(entries):
+            if batch == kill_at:
+                if mode == "table":  # every table column but the status (the commit point)
+                    store_mod.EPISODE_VARS = store_mod.EPISODE_VARS[:-1]
+                    store._publish = lambda: None  # (the real commit publishes after the status only)
+                    commit(entries)
+                os.kill(os.getpid(), signal.SIGKILL)
+            commit(entries)
+        store._commit_table = dying_commit
+    while True:  # "loop": until the parent kills us
+        store.append(make_tiny_episodes(schema, 3, seed=batch, id_prefix=f"b{batch}-"))
+        print(batch, flush=True)
+        batch += 1
+        if mode == "stream" and batch == kill_at:
+            s = store.stream(episode_id="long", source="tiny", flush_rows=5)
+            for i in range(40):
+                s.add(obs=[i, i, i], action=[0.0, 0.0], reward=1.0)
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _committed_batches(path: str, batches: int) -> list[Episode]:
+    schema = make_tiny_schema()
+    return [ep for b in range(batches) for ep in make_tiny_episodes(schema, 3, seed=b, id_prefix=f"b{b}-")]
+
+
+def _check_recovery(path: str, committed: list[Episode]) -> None:
+    schema = make_tiny_schema()
+    reader = TrajectoryStore.open(path)  # the tail is still there: a reader sees committed episodes only
+    assert reader.num_episodes == len(committed)
+    assert_store_holds(reader.to_xarray(), schema, committed)
+    with xr.open_zarr(path) as plain:
+        # Plain xarray reads the consolidated snapshot published after each commit: consistent, and
+        # at most the one commit behind that a kill between commit and publish leaves.
+        k = plain.sizes["episode"]
+        assert len(committed) - 3 <= k <= len(committed)
+        assert_store_holds(plain, schema, committed[:k])
+
+    with TrajectoryStore.open(path, mode="a") as store:  # recovery
+        assert store.array("obs").shape[0] == store.num_steps == sum(ep.num_rows for ep in committed)
+        for i, ep in enumerate(committed):
+            episode_equal(store.read_episode(i), ep)  # bit-identical
+        more = make_tiny_episodes(schema, 2, seed=99, id_prefix="after-")
+        store.append(more)
+    assert_store_holds(TrajectoryStore.open(path).to_xarray(), schema, committed + more)
+    assert_store_holds(xr.open_zarr(path), schema, committed + more)
+    assert validate_store(path)["status"] == "ok"
+    assert not list(Path(path).rglob("*.partial"))
+
+
+@pytest.mark.parametrize("mode", ["data", "table"])
+def test_sigkill_mid_append_recovers(tmp_path, mode):
+    path = str(tmp_path / "crash.zarr")
+    result = _child(CRASHING_WRITER, path, mode, "3")
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert result.stdout.split() == ["0", "1", "2"]
+    raw = TrajectoryStore.open(path).array("obs").shape[0]
+    committed = _committed_batches(path, 3)
+    assert raw > sum(ep.num_rows for ep in committed)  # an uncommitted tail really is there
+    _check_recovery(path, committed)
+
+
+def test_sigkill_mid_stream_recovers(tmp_path):
+    path = str(tmp_path / "stream.zarr")
+    result = _child(CRASHING_WRITER, path, "stream", "2")
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    committed = _committed_batches(path, 2)
+    # 40 rows added with flush_rows=5: 35 written in blocks, the newest 5 still in memory.
+    assert TrajectoryStore.open(path).array("obs").shape[0] == sum(ep.num_rows for ep in committed) + 35
+    _check_recovery(path, committed)
+
+
+@pytest.mark.parametrize("attempts", [
+    pytest.param(1, id="once"),
+    pytest.param(12, id="many", marks=pytest.mark.slow),
+])
+def test_sigkill_from_outside_at_any_time(tmp_path, attempts):
+    """The parent kills a writer in a tight append loop at an arbitrary moment."""
+    rng = np.random.default_rng(attempts)
+    for attempt in range(attempts):
+        path = str(tmp_path / f"outside{attempt}.zarr")
+        child = _child(CRASHING_WRITER, path, "loop", "-1", wait=False)
+        done = []
+        while len(done) < 3:
+            done.append(child.stdout.readline())
+        time.sleep(float(rng.uniform(0.0, 0.1)))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        printed = len(done) + len(child.stdout.read().split())
+        n = TrajectoryStore.open(path).num_episodes
+        assert n % 3 == 0 and printed * 3 <= n <= printed * 3 + 3  # the batch in flight may have committed
+        _check_recovery(path, _committed_batches(path, n // 3))
+
+
+def test_failed_write_in_process_leaves_no_orphans(tiny_store, monkeypatch):
+    """An exception between the data rows and the commit: the next append starts at the committed end."""
+    tiny = tiny_store(episodes=2)
+    with TrajectoryStore.open(tiny.path, mode="a") as store:
+        def boom(entries):
+            raise OSError("disk full")
+        monkeypatch.setattr(store, "_commit_table", boom)
+        with pytest.raises(OSError, match="disk full"):
+            store.append(make_tiny_episodes(tiny.schema, 2, seed=1, id_prefix="lost-"))
+        monkeypatch.undo()
+        more = make_tiny_episodes(tiny.schema, 2, seed=2, id_prefix="kept-")
+        store.append(more)
+    assert_store_holds(TrajectoryStore.open(tiny.path).to_xarray(), tiny.schema, tiny.episodes + more)
+
+
+def test_recover_removes_partial_files(tiny_store):
+    tiny = tiny_store(episodes=1)
+    partial = Path(tiny.path) / "obs" / "c" / "0" / f"0.{'a' * 32}.partial"
+    partial.write_bytes(b"half a chunk")
+    TrajectoryStore.open(tiny.path, mode="a").close()
+    assert not partial.exists()
+
+
+# ---------------------------------------------------------------- streaming
+@pytest.mark.parametrize(("kind", "flush_rows", "timed"), [
+    (dict(), 1, True),
+    (dict(), 3, False),
+    (dict(action="discrete"), 2, True),
+    (dict(obs_dim=1, image_shape=(4, 4, 3)), 100, False),
+])
+def test_stream_equals_append(tmp_path, kind, flush_rows, timed):
+    schema = make_tiny_schema(**kind)
+    eps = make_tiny_episodes(schema, [7, 1], seed=3)
+    with TrajectoryStore.create(tmp_path / "a.zarr", schema, chunk_steps=4) as a:
+        a.append(eps if timed else [dataclasses.replace(ep, time=None) for ep in eps])
+    with TrajectoryStore.create(tmp_path / "s.zarr", schema, chunk_steps=4) as s:
+        for ep in eps:
+            stream = s.stream(episode_id=ep.episode_id, source=ep.source, seed=ep.seed,
+                              start_time=None if timed else ep.start_time, flush_rows=flush_rows)
+            for t in range(ep.num_rows):
+                last = t == ep.num_rows - 1
+                stream.add(obs=None if ep.obs is None else ep.obs[t],
+                           image=None if ep.image is None else ep.image[t],
+                           action=None if last else ep.action[t],
+                           reward=None if last else float(ep.reward[t]),
+                           time=int(ep.time[t]) if timed else None)
+                assert len(stream._rows) <= flush_rows + 1  # memory stays bounded
+            ended = dict(terminated=bool(ep.terminated[-1]), truncated=bool(ep.truncated[-1]))
+            assert stream.commit(**ended) == ep.episode_id
+    xr.testing.assert_identical(TrajectoryStore.open(tmp_path / "s.zarr").to_xarray().drop_attrs(),
+                                TrajectoryStore.open(tmp_path / "a.zarr").to_xarray().drop_attrs())
+    assert_store_holds(TrajectoryStore.open(tmp_path / "s.zarr").to_xarray(), schema, eps)
+
+
+def test_stream_rejects_bad_rows_and_leaves_store_untouched(tiny_store):
+    tiny = tiny_store(episodes=1, chunk_steps=4)
+    before = TrajectoryStore.open(tiny.path).to_xarray().load()
+    row = dict(obs=[0.0, 0.0, 0.0], action=[0.0, 0.0], reward=0.0)
+    with TrajectoryStore.open(tiny.path, mode="a") as store:
+        # Time must keep increasing across written blocks: rows 0..1 are written on the third add,
+        # rows 2..3 on the fifth, and the episode is dropped when that block fails.
+        s = store.stream(source="plc", flush_rows=2)
+        for ns in (10, 20, 30, 25):
+            s.add(**row, time=ns)
+        with pytest.raises(DataValidationError, match=r"\(episode .*\): field 'time' is decreasing at row 3 "
+                                                       r"\(30 then 25 ns\)"):
+            s.add(**row, time=40)
+        assert store.array("obs").shape[0] == store.num_steps  # the written block is gone again
+        with pytest.raises(DataValidationError, match=r"'obs' has shape \(2,\) at row 1; expected \(3,\)"):
+            with store.stream(source="plc") as s:
+                s.add(**row)
+                s.add(obs=[0.0, 0.0], action=[0.0, 0.0], reward=0.0)
+        with pytest.raises(DataValidationError, match=r"'action_1' of field 'action' is nan at row 2;"):
+            with store.stream(source="plc", flush_rows=1) as s:
+                for action in ([0, 0], [0, 0], [0, np.nan]):
+                    s.add(obs=[0, 0, 0], action=action, reward=0.0)
+                s.add(obs=[0, 0, 0])
+        with pytest.raises(DataValidationError, match=r"0 transitions \(1 rows\); expected at least 1"):
+            with store.stream(source="plc") as s:
+                s.add(obs=[0, 0, 0])
+        with pytest.raises(DataValidationError, match="'time' is given at row 1; expected it on every"):
+            with store.stream(source="plc") as s:
+                s.add(**row)
+                s.add(obs=[0, 0, 0], time=5)
+        with pytest.raises(DataValidationError, match="episode_id 's0-0' is already in the store"):
+            store.stream(episode_id="s0-0")
+        with pytest.raises(RuntimeError, match="boom"), store.stream(source="plc", flush_rows=1) as s:
+            for _ in range(5):
+                s.add(**row)
+            raise RuntimeError("boom")
+        s = store.stream()
+        with pytest.raises(RuntimeError, match="being streamed"):
+            store.append(make_tiny_episodes(tiny.schema, 1, seed=8))
+        s.add(**row)
+        s.add(**row)
+    # close() dropped the open stream; every failed stream left nothing behind.
+    after = TrajectoryStore.open(tiny.path)
+    xr.testing.assert_identical(after.to_xarray().load(), before)
+    assert all(after.array(name).shape[0] == after.num_steps for name in after.step_vars)
+
+
+# ---------------------------------------------------------------- readers during writes, corruption
+def test_reader_during_unfinished_write(tiny_store):
+    """Variables of different lengths along `step` (a writer mid-append): readers see committed data."""
+    tiny = tiny_store(episodes=3)
+    store = TrajectoryStore.open(tiny.path, mode="a")
+    (extra,) = make_tiny_episodes(tiny.schema, [5], seed=1, id_prefix="half-")
+    store.array("obs").append(extra.obs)  # only some of the data rows of an append
+    store.array("episode_id").append(np.array(["half-0"], dtype=object))  # and a table row
+    reader = TrajectoryStore.open(tiny.path)
+    assert reader.num_episodes == 3
+    assert_store_holds(reader.to_xarray(), tiny.schema, tiny.episodes)
+    with pytest.raises(ValueError, match="conflicting sizes"):
+        xr.open_zarr(tiny.path, consolidated=False)  # what a naive reader would hit
+    assert_store_holds(xr.open_zarr(tiny.path), tiny.schema, tiny.episodes)  # the consolidated snapshot
+    store.close()
+
+
+def test_corrupted_chunk_raises_never_numbers(tiny_store):
+    tiny = tiny_store(episodes=[3, 10, 4, 6], chunk_steps=8)  # rows 0-3, 4-14, 15-19, 20-26
+    chunk = Path(tiny.path) / "obs" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    store = TrajectoryStore.open(tiny.path)
+    for i in (1, 2):
+        with pytest.raises(StoreCorruptionError, match=r"array 'obs' chunk 1 along 'step' \(rows 8..15\)"):
+            store.read_episode(i)
+    episode_equal(store.read_episode(0), tiny.episodes[0])  # chunk 0 is fine
+    episode_equal(store.read_episode(3), tiny.episodes[3])
+    report = validate_store(tiny.path)
+    assert report["status"] == "corrupted" and "array 'obs' chunk 1" in report["error"]
+
+
+def test_missing_chunk_is_reported(tiny_store):
+    tiny = tiny_store(episodes=[3, 10, 4, 6], chunk_steps=8)
+    (Path(tiny.path) / "truncated" / "c" / "1").unlink()  # all False, still written
+    report = validate_store(tiny.path)
+    assert report["status"] == "corrupted"
+    assert "array 'truncated' chunk 1 along 'step' holds committed rows but its file is missing" in (
+        report["error"])
