@@ -89,6 +89,13 @@ def _local_path(path: str) -> Path | None:
     return None if _is_url(path) else Path(path)
 
 
+def _zarr_path(path: str) -> str:
+    """What zarr opens: a plain path for local stores (file:// too), so zarr's LocalStore, whose
+    writes are atomic renames, is used; the URL otherwise."""
+    local = _local_path(path)
+    return str(local) if local is not None else path
+
+
 def lock_path_of(path: str) -> Path | None:
     """The writer-lock file of a local store: `.NAME.writer-lock` beside it (None for URLs)."""
     local = _local_path(str(path))
@@ -108,10 +115,9 @@ def _step_var_dims(name: str) -> list[str]:
 
 def _chunk_steps_for(schema: StoreSchema, chunk_bytes: int) -> int:
     """Rows per chunk: the widest step variable gets ≥ chunk_bytes per chunk (one length for all)."""
-    if schema.image_shape:
-        return max(64, math.ceil(chunk_bytes / int(np.prod(schema.image_shape))))
-    widest = max(4 * max(schema.obs_dim, 1), 8 * schema.action_dim, 8)
-    return max(256, math.ceil(chunk_bytes / widest))
+    image = int(np.prod(schema.image_shape)) if schema.image_shape else 0
+    widest = max(image, 4 * schema.obs_dim, 8 * schema.action_dim, 8)
+    return max(64 if image else 256, math.ceil(chunk_bytes / widest))
 
 
 def _episode_rows(
@@ -190,7 +196,7 @@ class TrajectoryStore:
                 raise FileExistsError(
                     f"{path} already exists; pass overwrite=True (--overwrite) or choose another path"
                 )
-            group = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3,
+            group = zarr.open_group(_zarr_path(path), mode="w" if overwrite else "w-", zarr_format=3,
                                     storage_options=storage_options)
             _create_arrays(group, schema, chunk_steps or _chunk_steps_for(schema, chunk_bytes))
         except BaseException:
@@ -220,7 +226,7 @@ class TrajectoryStore:
         try:
             # Not the consolidated metadata: it is a snapshot for plain xarray readers, and a writer
             # or a live reader needs the current array shapes.
-            group = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3,
+            group = zarr.open_group(_zarr_path(path), mode="r" if mode == "r" else "r+", zarr_format=3,
                                     storage_options=storage_options, use_consolidated=False)
             if "schema" not in group.attrs:
                 raise DataValidationError(
@@ -567,7 +573,7 @@ class TrajectoryStore:
         n, end = len(table), _end_of(table)
         kwargs = dict(consolidated=False, chunks=None, zarr_format=3, storage_options=self.storage_options)
         try:
-            ds = xr.open_zarr(self.path, **kwargs)
+            ds = xr.open_zarr(_zarr_path(self.path), **kwargs)
         except ValueError:  # "conflicting sizes": an unfinished write; open each length group apart
             return self._open_by_length(kwargs, n, end)
         return ds.isel(step=slice(0, end), episode=slice(0, n))
@@ -579,7 +585,8 @@ class TrajectoryStore:
             groups.setdefault(self._group[name].shape[0], []).append(name)
         parts = []
         for names in groups.values():
-            part = xr.open_zarr(self.path, drop_variables=[v for v in everything if v not in names], **kwargs)
+            drop = [v for v in everything if v not in names]
+            part = xr.open_zarr(_zarr_path(self.path), drop_variables=drop, **kwargs)
             part = part.set_coords([c for c in CHANNEL_COORDS if c in part])
             parts.append(part.isel({d: slice(0, end if d == "step" else n) for d in ("step", "episode")
                                     if d in part.dims}))

@@ -126,6 +126,25 @@ def test_round_trip_identical(tiny_store, kind):
         episode_equal(store.read_episode(ep.episode_id), ep)
 
 
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_fsspec_urls(tmp_path, scheme):
+    url = f"file://{tmp_path}/u.zarr" if scheme == "file" else f"memory://{tmp_path.name}/u.zarr"
+    schema = make_tiny_schema(action="discrete")
+    eps = make_tiny_episodes(schema, 3)
+    with TrajectoryStore.create(url, schema, chunk_steps=5) as store:
+        store.append(eps[:2])
+        with store.stream(episode_id=eps[2].episode_id, source="tiny", seed=2, flush_rows=2) as s:
+            for t in range(eps[2].num_rows):
+                s.add(obs=eps[2].obs[t], action=eps[2].action[t], reward=float(eps[2].reward[t]),
+                      time=int(eps[2].time[t]))
+    assert_store_holds(TrajectoryStore.open(url).to_xarray(), schema, eps[:2] + [
+        dataclasses.replace(eps[2], terminated=np.zeros(eps[2].num_rows, bool),
+                            truncated=np.zeros(eps[2].num_rows, bool))])
+    TrajectoryStore.open(url, mode="a").close()
+    if scheme == "file":
+        assert (tmp_path / ".u.zarr.writer-lock").exists()
+
+
 def test_named_channels_units_and_attrs(tiny_store):
     tiny = tiny_store(episodes=2, obs_dim=2)
     with xr.open_zarr(tiny.path) as ds:
