@@ -246,7 +246,11 @@ class TrajectoryStore:
             raise
         if mode == "a":
             store._lock_fd = lock_fd
-            store.recover()
+            try:
+                store.recover()
+            except BaseException:
+                store.close()
+                raise
         return store
 
     def close(self) -> None:
@@ -593,7 +597,10 @@ class TrajectoryStore:
         return xr.merge(parts, join="exact", compat="override", combine_attrs="override")
 
     def select(self, episodes: Sequence[int | str]) -> xr.Dataset:
-        """Committed episodes by position or id, concatenated along `step` with their table rows."""
+        """Committed episodes by position or id, concatenated along `step` with their table rows.
+
+        `episode_start` keeps counting rows of the whole store.
+        """
         table = self.episodes()
         idx = [self._position(table, e) for e in episodes]
         ds = self.to_xarray()
@@ -809,11 +816,11 @@ class EpisodeStream:
             )
         try:
             self._write(self._rows, last=True, terminated=terminated, truncated=truncated)
+            self.store._commit_table([dict(id=self.episode_id, start=self._start_row, length=self.written,
+                                           source=self.source, seed=self.seed, start_time=self.start_time)])
         except BaseException:
             self.abort()
             raise
-        self.store._commit_table([dict(id=self.episode_id, start=self._start_row, length=self.written,
-                                       source=self.source, seed=self.seed, start_time=self.start_time)])
         self._finish()
         return self.episode_id
 
