@@ -1,0 +1,284 @@
+"""The one stepping code path behind `WorldModelEnv` and `WorldModelVectorEnv`.
+
+`BatchedTwin` holds a batch of imagined systems: the model's state for each, the last observation
+returned, and where each episode started. Resets assimilate real history with `WorldModel.observe`;
+steps are one batched `WorldModel.step` on the model's device, followed by the reward, termination and
+uncertainty bookkeeping in numpy. The envs add only Gymnasium's API on top (seeding, autoreset, time
+limits, unbatching for the single env).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from data_pipeline.policies import import_function
+from data_pipeline.schema import StoreSchema
+from data_pipeline.store import TrajectoryStore
+from envs.render import Trace
+from envs.starts import DEFAULT_CACHE_BYTES, History, RecordedStarts
+from worldmodel.interface import State, WorldModel, index_state, merge_state
+
+Termination = Literal["threshold", "sample", "never"]
+Precision = Literal["32-true", "bf16-mixed"]
+TransitionFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+RESET_OPTION_KEYS = ("episode", "t", "history", "reset_mask")
+
+
+@dataclass
+class TwinConfig:
+    """How a learned env turns model predictions into Gymnasium steps (see the env docstrings)."""
+
+    history: int = 16
+    """Recorded rows assimilated before a start from the store (the start row included). An RSSM needs
+    context to infer its latent state; the ensemble uses only the last row."""
+    reward_fn: str | TransitionFn | None = None
+    """`module:function` (or a callable) f(obs, action, next_obs) -> reward on batched numpy arrays; None
+    uses the model's reward head."""
+    termination_fn: str | TransitionFn | None = None
+    """`module:function` (or a callable) f(obs, action, next_obs) -> bool terminated; None uses `termination`."""
+    termination: Termination = "threshold"
+    """Model termination head: "threshold" (probability > 0.5, deterministic), "sample" (Bernoulli with the
+    env's generator) or "never"."""
+    uncertainty_penalty: float = 0.0
+    """MOPO-style penalty: reward -= uncertainty_penalty * uncertainty."""
+    device: str | None = None
+    """Device to run the model on; None keeps a loaded model where it is (a file is loaded on CPU)."""
+    precision: Precision = "32-true"
+    """"bf16-mixed" runs the model under torch.autocast(bfloat16): 2-4x faster on CPUs with AVX512-BF16 /
+    AMX and on GPUs, at bf16 accuracy in the networks (predictions still leave in float32)."""
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    """Vector stores whose obs and action rows fit are read into memory once; others are read per reset."""
+    record_trace: bool = False
+    """Keep each sub-env's episode so far for `render()`."""
+
+
+@dataclass
+class TwinStep:
+    """One batched step, numpy arrays with the batch first."""
+
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    uncertainty: np.ndarray
+    obs_std: np.ndarray | None = field(default=None)
+    """(B, obs_dim) predictive std per channel (vector observations only)."""
+
+
+def load_model(model: WorldModel | str | os.PathLike, device: str | None) -> WorldModel:
+    """A WorldModel from an instance, a checkpoint path or an MLflow URI, in eval mode on `device`."""
+    if isinstance(model, str | os.PathLike):
+        import worldmodel
+
+        model = worldmodel.load(str(model), map_location=device or "cpu")
+    if not isinstance(model, WorldModel):
+        raise TypeError(f"model: got {type(model).__name__}; expected a WorldModel, a checkpoint path or an "
+                        "MLflow model URI (runs:/…, models:/…)")
+    if device is not None and model.device != torch.device(device):
+        model = model.to(device)
+    return model.eval()
+
+
+def open_store(store: TrajectoryStore | str | os.PathLike) -> TrajectoryStore:
+    if isinstance(store, TrajectoryStore):
+        return store
+    if isinstance(store, str | os.PathLike):
+        return TrajectoryStore.open(str(store))
+    raise TypeError(f"store: got {type(store).__name__}; expected a TrajectoryStore or a path / URL to one")
+
+
+def check_compatible(model: StoreSchema, store: StoreSchema, where: str) -> None:
+    """The model must have been trained on data shaped like the store's: same channels and spaces."""
+    checks = [
+        ("obs_channels", model.obs_channels, store.obs_channels),
+        ("action_channels", model.action_channels, store.action_channels),
+        ("image_shape", model.image_shape, store.image_shape),
+        ("action_space", model.gym_action_space(), store.gym_action_space()),
+        ("observation_space shape", model.gym_observation_space().shape, store.gym_observation_space().shape),
+    ]
+    for name, ours, theirs in checks:
+        if ours != theirs:
+            raise ValueError(f"{where}: the model was trained on {name} {ours}, but the store has {theirs}; "
+                             "use the store the model was trained on (or one with the same schema)")
+
+
+def _transition_fn(spec: str | TransitionFn | None, name: str) -> TransitionFn | None:
+    if spec is None or callable(spec):
+        return spec
+    return import_function(spec)
+
+
+class BatchedTwin:
+    """A batch of `num_envs` imagined copies of the recorded system, stepped together."""
+
+    def __init__(self, model: WorldModel | str, store: TrajectoryStore | str, num_envs: int,
+                 config: TwinConfig) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}; expected at least 1")
+        if config.termination not in ("threshold", "sample", "never"):
+            raise ValueError(f"termination={config.termination!r}; expected 'threshold', 'sample' or 'never'")
+        if config.precision not in ("32-true", "bf16-mixed"):
+            raise ValueError(f"precision={config.precision!r}; expected '32-true' or 'bf16-mixed'")
+        self.config = config
+        self.num_envs = num_envs
+        self.store = open_store(store)
+        self.model = load_model(model, config.device)
+        self.device = self.model.device
+        self.schema = self.store.schema
+        check_compatible(self.model.schema, self.schema, f"store {self.store.path}")
+        self.observation_space = self.schema.gym_observation_space()
+        self.action_space = self.schema.gym_action_space()
+        self.image_obs = self.schema.image_obs
+        self.discrete = isinstance(self.action_space, spaces.Discrete)
+        self.starts = RecordedStarts(self.store, config.history, config.cache_bytes)
+        self.reward_fn = _transition_fn(config.reward_fn, "reward_fn")
+        self.termination_fn = _transition_fn(config.termination_fn, "termination_fn")
+        self._bf16 = config.precision == "bf16-mixed"
+        self.generator = torch.Generator(device="cpu")  # models draw their noise on CPU from it
+        self.state: State | None = None
+        self.obs = np.zeros((num_envs, *self.observation_space.shape), self.observation_space.dtype)
+        self.start_episode = np.full(num_envs, -1, np.int64)
+        self.start_t = np.zeros(num_envs, np.int64)
+        box = self.observation_space
+        self._obs_low, self._obs_high = box.low, box.high
+        if not self.discrete:
+            self._act_low = self.action_space.low.astype(np.float32)
+            self._act_high = self.action_space.high.astype(np.float32)
+        self.trace = Trace(num_envs, self.schema.obs_dim) if config.record_trace and not self.image_obs else None
+
+    def seed(self, seed: int) -> None:
+        """Seed the model's sampling noise (the envs derive `seed` from their `np_random`)."""
+        self.generator.manual_seed(int(seed))
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, index: np.ndarray, rng: np.random.Generator, options: dict[str, Any] | None
+              ) -> dict[str, np.ndarray]:
+        """Start the sub-envs at `index` (see the env docstrings for `options`); updates `self.obs[index]`.
+
+        Returns the reset info for those sub-envs: `start_episode` (store position, -1 for a given
+        history) and `start_t` (row of the start within it).
+        """
+        options = dict(options or {})
+        unknown = set(options) - set(RESET_OPTION_KEYS)
+        if unknown:
+            raise ValueError(f"reset options: unknown keys {sorted(unknown)}; expected some of {RESET_OPTION_KEYS}")
+        if self.state is None and len(index) != self.num_envs:
+            raise RuntimeError("reset: the first reset must start every sub-env (no reset_mask)")
+        k = len(index)
+        if "history" in options:
+            if "episode" in options or "t" in options:
+                raise ValueError("reset options: give either 'history' or 'episode'/'t', not both")
+            given = options["history"]
+            if not isinstance(given, dict) or "obs" not in given or "action" not in given:
+                raise ValueError("reset options['history']: expected a dict with 'obs' and 'action' arrays")
+            hist = History.from_arrays(given["obs"], given["action"], image=self.image_obs,
+                                       action_shape=self.action_space.shape, batch=k,
+                                       is_first=given.get("is_first"))
+        else:
+            if "episode" in options:
+                episode, t = self.starts.resolve(options["episode"], options.get("t", 0), k)
+            elif "t" in options:
+                raise ValueError("reset options: 't' needs an 'episode'")
+            else:
+                episode, t = self.starts.sample(rng, k)
+            hist = self.starts.history_for(episode, t)
+        self._assimilate(index, hist)
+        self.obs[index] = self._as_obs(hist.last_obs)
+        self.start_episode[index] = hist.episode
+        self.start_t[index] = hist.t
+        if self.trace is not None:
+            self.trace.start(index, self._as_obs(hist.obs), hist.is_first)
+        return {"start_episode": hist.episode.copy(), "start_t": hist.t.copy()}
+
+    def _assimilate(self, index: np.ndarray, hist: History) -> None:
+        obs = torch.from_numpy(np.ascontiguousarray(hist.obs)).to(self.device)
+        prev = torch.from_numpy(np.ascontiguousarray(hist.prev_action)).to(self.device)
+        first = torch.from_numpy(hist.is_first).to(self.device)
+        rows = torch.from_numpy(np.asarray(index, np.int64)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            # Initial states come from the full batch so models that spread something over the batch
+            # (the ensemble's members) keep sub-env i on the same share whichever sub-envs reset.
+            fresh = index_state(self.model.initial_state(self.num_envs), rows)
+            resample = getattr(self.model, "resample_members", None)
+            if resample is not None:  # ensemble trajectory sampling: each episode follows a random elite
+                fresh = resample(fresh, self.generator)
+            fresh = self.model.observe(fresh, obs, prev, first)
+            if self.state is None or len(index) == self.num_envs and np.array_equal(index, np.arange(self.num_envs)):
+                self.state = fresh
+            else:
+                self.state = merge_state(self.state, rows, fresh)
+
+    # ------------------------------------------------------------------ step
+    def step(self, action: Any) -> TwinStep:
+        """Advance every sub-env one step under `action` ((B, action_dim) Box or (B,) Discrete)."""
+        if self.state is None:
+            raise RuntimeError("step before reset: call reset() first")
+        act = self._as_action(action)
+        with torch.inference_mode(), self._autocast():
+            self.state, pred = self.model.step(self.state, torch.from_numpy(act).to(self.device), self.generator)
+        next_obs = self._as_obs(pred.obs.float().cpu().numpy())
+        uncertainty = pred.uncertainty.float().cpu().numpy()
+        if self.reward_fn is not None:
+            reward = self._call(self.reward_fn, "reward_fn", self.obs, act, next_obs, np.float32)
+        else:
+            reward = pred.reward.float().cpu().numpy()
+        if self.termination_fn is not None:
+            terminated = self._call(self.termination_fn, "termination_fn", self.obs, act, next_obs, np.bool_)
+        elif self.config.termination == "threshold":
+            terminated = (pred.terminated.float() > 0.5).cpu().numpy()
+        elif self.config.termination == "sample":
+            draw = torch.rand(pred.terminated.shape, generator=self.generator, device="cpu")
+            terminated = (draw < pred.terminated.float().cpu()).numpy()
+        else:
+            terminated = np.zeros(self.num_envs, bool)
+        if self.config.uncertainty_penalty:
+            reward = reward - np.float32(self.config.uncertainty_penalty) * uncertainty
+        obs_std = None if self.image_obs else pred.obs_std.float().cpu().numpy()
+        self.obs = next_obs.copy()  # the caller owns the returned array
+        if self.trace is not None:
+            self.trace.append(next_obs, obs_std, uncertainty)
+        return TwinStep(obs=next_obs, reward=reward.astype(np.float32, copy=False), terminated=terminated,
+                        uncertainty=uncertainty, obs_std=obs_std)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
+
+    def _as_action(self, action: Any) -> np.ndarray:
+        n = self.num_envs
+        if self.discrete:
+            act = np.asarray(action)
+            if act.shape == (n, 1):  # store layout: one action channel
+                act = act[:, 0]
+            if act.shape != (n,) or not np.issubdtype(act.dtype, np.integer):
+                raise ValueError(f"action: got shape {act.shape} dtype {act.dtype}; expected ({n},) integers "
+                                 f"in {self.action_space}")
+            lo, hi = self.action_space.start, self.action_space.start + self.action_space.n
+            if act.min() < lo or act.max() >= hi:
+                raise ValueError(f"action: values {act.min()}..{act.max()} outside {self.action_space}")
+            return act.astype(np.int64, copy=False)
+        act = np.asarray(action, np.float32)
+        if act.shape != (n, *self.action_space.shape):
+            raise ValueError(f"action: got shape {act.shape}; expected {(n, *self.action_space.shape)} "
+                             f"(sub-envs × {self.schema.action_channels})")
+        # As Gymnasium's own envs do, out-of-range actions are clipped to the actuators' limits.
+        return np.clip(act, self._act_low, self._act_high)
+
+    def _as_obs(self, obs: np.ndarray) -> np.ndarray:
+        """Model output (or recorded rows) in the observation space's dtype, clipped to its bounds."""
+        if self.image_obs:
+            return np.clip(np.rint(obs), 0, 255).astype(np.uint8) if obs.dtype != np.uint8 else obs.copy()
+        return np.clip(obs.astype(np.float32, copy=False), self._obs_low, self._obs_high)
+
+    def _call(self, fn: TransitionFn, name: str, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray,
+              dtype: type) -> np.ndarray:
+        out = np.asarray(fn(obs, act, next_obs))
+        if out.shape != (self.num_envs,):
+            raise ValueError(f"{name} {getattr(fn, '__name__', fn)!r} returned shape {out.shape}; expected "
+                             f"({self.num_envs},), one value per sub-env")
+        return out.astype(dtype, copy=False)

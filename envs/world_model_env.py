@@ -1,0 +1,151 @@
+"""`WorldModel-v0`: a learned world model as a Gymnasium environment (the single-env face).
+
+    import envs, gymnasium
+    env = gymnasium.make("WorldModel-v0", model="model.pt", store="pendulum.zarr")
+    obs, info = env.reset(seed=0, options={"episode": 3, "t": 40})
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from data_pipeline.store import TrajectoryStore
+from envs.render import image_frame, plot_channels
+from envs.starts import DEFAULT_CACHE_BYTES
+from envs.twin import BatchedTwin, Precision, Termination, TransitionFn, TwinConfig
+from worldmodel.interface import WorldModel
+
+SEED_HIGH = 2**63 - 1
+
+
+class WorldModelEnv(gym.Env):
+    """A digital twin: a learned world model stepped as an environment, started from real recorded states.
+
+    ## Description
+
+    Any model implementing the WorldModel interface (ensemble, RSSM, diffusion) imagines the system's
+    next observation from its belief state and the action. Episodes start from the recorded trajectory
+    store the model was trained on: the model first assimilates real history (`WorldModel.observe`), so
+    the twin starts synced to the real system, then imagines. The env is the batch-of-one case of
+    `WorldModelVectorEnv` and shares its stepping code (`envs.twin.BatchedTwin`).
+
+    ## Action Space
+
+    The store's action space: `Box(action_dim,)` in the actuators' physical units (out-of-range actions
+    are clipped to the bounds, as in Gymnasium's own envs) or `Discrete(n)`.
+
+    ## Observation Space
+
+    The store's observation space, in physical units: `Box(obs_dim,)` float32 vectors (channels named in
+    `store.schema.obs_channels`, units in `obs_units`), or `Box(0, 255, (H, W, C), uint8)` images.
+    Imagined observations are clipped to the space's finite bounds.
+
+    ## Rewards
+
+    The model's reward head, or `reward_fn(obs, action, next_obs)` (a `module:function` or callable on
+    batched numpy arrays, e.g. `envs.rewards:pendulum`). With `uncertainty_penalty=λ` the reward is
+    `r - λ · uncertainty` (MOPO).
+
+    ## Starting State
+
+    `reset(seed=None, options=None)`; `options` may hold
+    - `{"episode": e, "t": t}`: recorded episode `e` (position or id) at row `t` (default 0; negative
+      counts from the end). Rows `t-history+1 … t` are assimilated; the first observation is row `t`'s.
+    - `{"history": {"obs": (T, …), "action": (T-1 or T, …)}}`: a caller's history (live sync), actions
+      store-aligned (`action[k]` taken at `obs[k]`); optional `"is_first"` (T,) marks restarts.
+    - nothing: a random recorded state, uniform over the rows that have a next row, drawn from
+      `self.np_random`.
+
+    ## Episode End
+
+    Termination: `termination_fn(obs, action, next_obs)` if given, else the model's termination head,
+    `termination="threshold"` (probability > 0.5, the default), `"sample"` (Bernoulli from the env's
+    generator) or `"never"`. Truncation: only by the registration's `TimeLimit` (`max_episode_steps`,
+    200 by default, overridable in `gymnasium.make`); the env itself never truncates.
+
+    ## Info
+
+    - `step`: `uncertainty` (float, the model's epistemic uncertainty for the step in units of the
+      channels' std: ensemble disagreement or latent-sample spread; large means the model extrapolates)
+      and, for vector observations, `obs_std` (obs_dim,) the predictive std per channel.
+    - `reset`: `start_episode` (store position, -1 for a given history) and `start_t` (row).
+
+    ## Seeding
+
+    The same seed and the same actions give the same observations: `reset(seed=s)` reseeds
+    `np_random` (start states) and, from it, the torch generator the model draws its noise from.
+
+    ## Arguments
+
+    `model` (WorldModel, checkpoint path or MLflow URI), `store` (TrajectoryStore or path); see
+    `envs.twin.TwinConfig` for `history`, `reward_fn`, `termination_fn`, `termination`,
+    `uncertainty_penalty`, `device`, `precision` ("bf16-mixed" for speed) and `cache_bytes`;
+    `render_mode="rgb_array"` plots the channels over the episode (or returns the predicted image for
+    image models).
+
+    ## Version History
+
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        model: WorldModel | str | os.PathLike,
+        store: TrajectoryStore | str | os.PathLike,
+        *,
+        history: int = 16,
+        reward_fn: str | TransitionFn | None = None,
+        termination_fn: str | TransitionFn | None = None,
+        termination: Termination = "threshold",
+        uncertainty_penalty: float = 0.0,
+        device: str | None = None,
+        precision: Precision = "32-true",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}; expected None or one of {self.metadata['render_modes']}")
+        config = TwinConfig(history=history, reward_fn=reward_fn, termination_fn=termination_fn,
+                            termination=termination, uncertainty_penalty=uncertainty_penalty, device=device,
+                            precision=precision, cache_bytes=cache_bytes, record_trace=render_mode is not None)
+        self.twin = BatchedTwin(model, store, 1, config)
+        self.observation_space = self.twin.observation_space
+        self.action_space = self.twin.action_space
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": max(1, round(1.0 / self.twin.schema.dt))}
+        self._generator_seeded = False
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None or not self._generator_seeded:
+            self.twin.seed(int(self.np_random.integers(SEED_HIGH)))
+            self._generator_seeded = True
+        info = self.twin.reset(np.zeros(1, np.int64), self.np_random, options)
+        return self.twin.obs[0].copy(), {k: v[0].item() for k, v in info.items()}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        batch = np.asarray(action)[None] if self.twin.discrete else np.asarray(action, np.float32)[None]
+        out = self.twin.step(batch)  # validates the shape, clips Box actions to the space
+        info: dict[str, Any] = {"uncertainty": float(out.uncertainty[0])}
+        if out.obs_std is not None:
+            info["obs_std"] = out.obs_std[0].copy()
+        return out.obs[0], float(out.reward[0]), bool(out.terminated[0]), False, info
+
+    def render(self) -> np.ndarray | None:
+        """An RGB array: the channels over the episode so far, or the current (predicted) image."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; make the env with render_mode='rgb_array'")
+            return None
+        if self.twin.image_obs:
+            return image_frame(self.twin.obs[0])
+        if self.twin.trace is None or self.twin.state is None:
+            raise RuntimeError("render() before reset(): there is no episode to plot yet")
+        schema = self.twin.schema
+        return plot_channels(self.twin.trace, 0, schema.obs_channels, schema.obs_units, schema.dt)
