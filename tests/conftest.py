@@ -165,3 +165,15 @@ def tiny_store(tmp_path: Path) -> Callable[..., TinyStore]:
         return TinyStore(path, schema, eps)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_process() -> None:
+    """Tiny models run fastest on one thread, and on 2 shared cores extra threads only spin.
+
+    Subprocesses inherit OMP_NUM_THREADS, so CLI tests are capped the same way.
+    """
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)

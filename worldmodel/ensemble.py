@@ -63,8 +63,10 @@ class EnsembleLinear(nn.Module):
         bound = 1.0 / math.sqrt(d_in)
         nn.init.trunc_normal_(self.weight, std=bound, a=-2 * bound, b=2 * bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
 
 class EnsembleWorldModel(WorldModel):
@@ -89,21 +91,27 @@ class EnsembleWorldModel(WorldModel):
         self.register_buffer("elite_idx", torch.arange(config.elites))
 
     # -------------------------------------------------------------- network
-    def forward(self, obs_n: torch.Tensor, action_feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(E, N, obs_dim), (E, N, A) -> mean, logvar (E, N, obs_dim + 1), termination logit (E, N)."""
+    def forward(
+        self, obs_n: torch.Tensor, action_feat: torch.Tensor, members: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(E, N, obs_dim), (E, N, A) -> mean, logvar (E, N, obs_dim + 1), termination logit (E, N).
+
+        With `members`, only those members run (E = len(members)).
+        """
         h = torch.cat([obs_n, action_feat], -1)
         for layer in self.hidden_layers:
-            h = F.silu(layer(h))
-        out = self.head(h)
+            h = F.silu(layer(h, members))
+        out = self.head(h, members)
         mean, raw_logvar, term = out.split([self.d_out, self.d_out, 1], dim=-1)
         # Soft-bounded log-variance (PETS appendix A.1).
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar, term.squeeze(-1)
 
-    def _all_members(self, obs_n: torch.Tensor, action_feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        e = self.config.members
-        return self(obs_n.unsqueeze(0).expand(e, -1, -1), action_feat.unsqueeze(0).expand(e, -1, -1))
+    def _elites(self, obs_n: torch.Tensor, action_feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every elite member on the same inputs: (K, B, …). Non-elite members are never run."""
+        k = self.config.elites
+        return self(obs_n.unsqueeze(0).expand(k, -1, -1), action_feat.unsqueeze(0).expand(k, -1, -1), self.elite_idx)
 
     # -------------------------------------------------------------- interface
     def initial_state(self, batch: int) -> State:
@@ -133,11 +141,12 @@ class EnsembleWorldModel(WorldModel):
     ) -> tuple[State, Prediction]:
         obs_n = state["obs"]
         b = obs_n.shape[0]
-        mean, logvar, term = self._all_members(obs_n, self.encode_action(action))
-        elite_mean = mean[self.elite_idx]  # (K, B, D+1)
+        elite_mean, elite_logvar, elite_term = self._elites(obs_n, self.encode_action(action))  # (K, B, …)
+        # Each trajectory's member as a position among the elites (0 if it is no longer an elite).
+        own = (self.elite_idx.unsqueeze(0) == state["member"].unsqueeze(1)).float().argmax(1)
         rows = torch.arange(b, device=obs_n.device)
-        own_mean = mean[state["member"], rows]  # (B, D+1)
-        own_std = (0.5 * logvar[state["member"], rows]).exp()
+        own_mean = elite_mean[own, rows]  # (B, D+1)
+        own_std = (0.5 * elite_logvar[own, rows]).exp()
         noise = torch.randn(own_mean.shape, generator=generator, device="cpu").to(own_mean.device)
         sample = own_mean + own_std * noise
         # Predictive spread: the own member's noise and the elites' disagreement.
@@ -154,7 +163,7 @@ class EnsembleWorldModel(WorldModel):
             obs_mean=mean_obs,
             obs_std=self.denormalize_obs_std(total_std[:, :d]),
             reward=self.denormalize_reward(sample[:, d]),
-            terminated=torch.sigmoid(term[state["member"], rows]),
+            terminated=torch.sigmoid(elite_term[own, rows]),
             uncertainty=epistemic[:, :d].mean(-1),
         )
         return {"obs": next_n, "member": state["member"]}, pred
