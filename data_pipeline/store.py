@@ -171,6 +171,10 @@ class TrajectoryStore:
         self._table_cache: pd.DataFrame | None = None
         self._members = set(group.array_keys())
         self._arrays: dict[str, zarr.Array] = {}  # for reads; refreshed when a read goes past its shape
+        # Write handles, kept open: looking an array up reloads its metadata (~1 ms each).
+        self._handles: dict[str, zarr.Array] = {}
+        # Rows may lie past the committed end (a write failed or was aborted in this process).
+        self._dirty = True
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -359,18 +363,20 @@ class TrajectoryStore:
         end = self.num_steps_for(n)
         dropped = 0
         changed = False
+        self._handles.clear()  # after a failure their metadata may be stale: reload once
         for name in self.step_vars:
-            arr = self._group[name]
+            arr = self._writable(name)
             if arr.shape[0] != end:
                 dropped = max(dropped, arr.shape[0] - end)
                 arr.resize((end, *arr.shape[1:]))
                 changed = True
         for name in EPISODE_VARS:
-            arr = self._group[name]
+            arr = self._writable(name)
             if arr.shape[0] != n:
                 arr.resize((n,))
                 changed = True
         self._table_cache = None
+        self._dirty = False
         if changed:
             self._publish()
         return dropped
@@ -403,7 +409,8 @@ class TrajectoryStore:
             episodes = [episodes]
         if not episodes:
             return []
-        self._truncate_tail()  # leftovers of a write that failed in this process
+        if self._dirty:
+            self._truncate_tail()  # leftovers of a write that failed in this process
         existing = set(self.episodes()["id"])
         ids = []
         for ep in episodes:
@@ -438,9 +445,12 @@ class TrajectoryStore:
     def _writable(self, name: str) -> zarr.Array:
         # Chunks that hold only fill values are written too, so a missing chunk file always means
         # damage (`validate` checks) rather than "all False / all NaN here".
-        return self._group[name].with_config({"write_empty_chunks": True})
+        if name not in self._handles:
+            self._handles[name] = self._group[name].with_config({"write_empty_chunks": True})
+        return self._handles[name]
 
     def _write_rows(self, rows: dict[str, np.ndarray]) -> None:
+        self._dirty = True  # until the commit succeeds
         for name, data in rows.items():
             self._writable(name).append(data, axis=0)
 
@@ -455,9 +465,15 @@ class TrajectoryStore:
             "episode_start_time": np.array([e["start_time"] for e in entries], np.int64),
             "episode_status": np.full(len(entries), COMMITTED, np.int8),
         }
+        self._dirty = True
         for name in EPISODE_VARS:
             self._writable(name).append(columns[name])
-        self._table_cache = None
+        if self._table_cache is not None:  # committed rows never change: extend the cached table
+            added = pd.DataFrame({name.removeprefix("episode_"): columns[name] for name in EPISODE_VARS[:-1]})
+            added["id"] = added["id"].astype(str)
+            added["source"] = added["source"].astype(str)
+            self._table_cache = pd.concat([self._table_cache, added], ignore_index=True)
+        self._dirty = False
         self._publish()
 
     def _publish(self) -> None:
@@ -486,7 +502,8 @@ class TrajectoryStore:
         self._require_writer()
         if self._stream is not None:
             raise RuntimeError(f"{self.path}: an episode is already being streamed")
-        self._truncate_tail()
+        if self._dirty:
+            self._truncate_tail()
         if episode_id is not None and episode_id in set(self.episodes()["id"]):
             raise DataValidationError(
                 f"{source or '<stream>'}: episode_id {episode_id!r} is already in the store; "
