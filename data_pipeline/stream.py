@@ -555,8 +555,8 @@ class StreamIngest:
     `feed()` buffers one message; `poll()` releases what waited long enough, resamples it and runs
     timed commits; `finish()` drains everything and commits (at shutdown). `poll()` and `finish()`
     return the new rows as `Block`s, already handed to the store, for a consumer such as the live
-    twin. Call `poll()` every few tens of milliseconds rather than after every message: resampling
-    is vectorized over the rows released together.
+    twin. Call `poll()` every few tens of milliseconds (`run` polls every 50 ms) rather than after
+    every message: resampling is vectorized over the rows released together.
     """
 
     def __init__(self, spec: IngestSpec, store: TrajectoryStore, source: str,
@@ -856,7 +856,7 @@ class StatusLine:
 
 
 def run(source: Source, ingest: StreamIngest, *, on_blocks: Callable[[list[Block]], None] | None = None,
-        status: Callable[[], str] | None = None, status_every: float = 1.0, poll_interval: float = 0.02,
+        status: Callable[[], str] | None = None, status_every: float = 1.0, poll_interval: float = 0.05,
         stop: threading.Event | None = None) -> StreamStats:
     """Run a stream until its source ends, SIGINT / SIGTERM arrive, or `stop` is set; then commit.
 

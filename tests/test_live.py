@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_stream
 import torch
 import xarray as xr
 import yaml
@@ -32,6 +33,8 @@ from worldmodel.anomaly import (
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 from worldmodel.interface import WorldModel, previous_actions
 from worldmodel.rssm import RSSMConfig, RSSMWorldModel
+
+mqtt_broker = test_stream.mqtt_broker  # the broker fixture, shared with the stream tests
 
 
 def norm_for(schema: StoreSchema) -> Normalization:
@@ -268,19 +271,20 @@ def train_tiny_pendulum(schema: StoreSchema, samples: list[list[dict]], steps: i
     return model.eval()
 
 
-def test_live_command_mirrors_scores_and_alerts(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def live_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A spec, a tiny Pendulum ensemble and its calibration (window 3) on normal episodes."""
     from data_pipeline.ingest_spec import IngestSpec
+    from data_pipeline.schema import Episode
     from worldmodel.anomaly import main as calibrate_main
 
+    tmp_path = tmp_path_factory.mktemp("live")
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(PENDULUM_SPEC))
     schema = IngestSpec.from_yaml(spec_path).schema({})
-    train = [pendulum_samples(150, seed=s) for s in range(4)]
-    model = train_tiny_pendulum(schema, train)
+    model = train_tiny_pendulum(schema, [pendulum_samples(150, seed=s) for s in range(4)])
     model.save(str(tmp_path / "model.pt"))
     with TrajectoryStore.create(tmp_path / "normal.zarr", schema) as normal:  # normal episodes to calibrate on
-        from data_pipeline.schema import Episode
-
         for s in (10, 11, 12):
             ep = pendulum_samples(100, seed=s)
             obs = np.array([[x["cos_theta"], x["sin_theta"], x["theta_dot"]] for x in ep], np.float32)
@@ -290,12 +294,25 @@ def test_live_command_mirrors_scores_and_alerts(tmp_path: Path) -> None:
                                   truncated=np.r_[np.zeros(99, bool), True], time=np.arange(100) * 50_000_000))
     assert calibrate_main(["--model", str(tmp_path / "model.pt"), "--store", str(tmp_path / "normal.zarr"),
                            "--split", "all", "--window", "3", "--out", str(tmp_path / "cal.json")]) == 0
-    live = pendulum_samples(120, seed=20)
-    for s in live[80:]:
+    return {"spec": str(spec_path), "model": str(tmp_path / "model.pt"), "calibration": str(tmp_path / "cal.json")}
+
+
+def faulty_episode(seed: int = 20, onset: int = 80) -> list[dict]:
+    live = pendulum_samples(120, seed=seed)
+    for s in live[onset:]:
         s["theta_dot"] = min(s["theta_dot"] + 3.0, 8.0)  # the speed sensor gains a bias (within its range)
+    return live
+
+
+def test_live_command_mirrors_scores_and_alerts(tmp_path: Path, live_setup: dict[str, str]) -> None:
+    spec_path, schema = live_setup["spec"], None
+    from data_pipeline.ingest_spec import IngestSpec
+
+    schema = IngestSpec.from_yaml(spec_path).schema({})
+    live = faulty_episode()
     lines = "".join(json.dumps(s) + "\n" for s in live)
-    cmd = [sys.executable, "-m", "envs.live", "--model", str(tmp_path / "model.pt"), "--spec", str(spec_path),
-           "--source", "-", "--store", str(tmp_path / "live.zarr"), "--calibration", str(tmp_path / "cal.json"),
+    cmd = [sys.executable, "-m", "envs.live", "--model", live_setup["model"], "--spec", spec_path,
+           "--source", "-", "--store", str(tmp_path / "live.zarr"), "--calibration", live_setup["calibration"],
            "--history-out", str(tmp_path / "now.npz"), "--no-mlflow", "--status-every", "0"]
     run = subprocess.run(cmd, input=lines, capture_output=True, text=True, env=subprocess_env(), timeout=180)
     assert run.returncode == 0, run.stderr
@@ -311,3 +328,47 @@ def test_live_command_mirrors_scores_and_alerts(tmp_path: Path) -> None:
     assert scores.alert.values[:80].mean() < 0.2 and scores.alert.values[85:].mean() > 0.8
     hist = np.load(keys["history"])
     np.testing.assert_allclose(hist["obs"][-1], data.obs.values[-1])
+
+
+def test_live_command_publishes_alerts_over_mqtt_and_stops_on_sigterm(tmp_path: Path, live_setup: dict[str, str],
+                                                                       mqtt_broker: int) -> None:
+    import signal
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from test_stream import Publisher, _committed, _wait_for
+
+    received: list[dict] = []
+    subscribed = threading.Event()
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    listener.on_message = lambda c, u, msg: received.append(json.loads(msg.payload))
+    listener.on_subscribe = lambda *args: subscribed.set()
+    listener.connect("127.0.0.1", mqtt_broker)
+    listener.subscribe("plant/alerts", qos=1)
+    listener.loop_start()
+    out = str(tmp_path / "live.zarr")
+    err = tmp_path / "live.err"
+    cmd = [sys.executable, "-m", "envs.live", "--model", live_setup["model"], "--spec", live_setup["spec"],
+           "--source", f"mqtt://127.0.0.1:{mqtt_broker}/plant/pendulum", "--store", out, "--calibration",
+           live_setup["calibration"], "--alert-topic", "plant/alerts", "--no-mlflow", "--status-every", "0.5",
+           "--reorder-window", "0.3", "--commit-interval", "0.5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err.open("w"), text=True, env=subprocess_env())
+    pub = Publisher(mqtt_broker)
+    try:
+        assert subscribed.wait(10)
+        _wait_for(lambda: "subscribed to" in err.read_text() or proc.poll() is not None, 60.0, "the subscription")
+        assert proc.poll() is None, err.read_text()
+        pub.send("plant/pendulum", faulty_episode(seed=21))
+        _wait_for(lambda: bool(received), 60.0, "an alert on plant/alerts")
+        _wait_for(lambda: _committed(out) >= 100, 60.0, "commits")
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        pub.close()
+        listener.loop_stop()
+        proc.kill()
+    assert proc.returncode == 0, err.read_text()
+    assert "steps: " in err.read_text() and "lag: " in err.read_text()  # the live status line
+    assert {"time", "score", "threshold", "channels"} <= set(received[-1])
+    keys = dict(line.split(": ", 1) for line in stdout.splitlines() if not line.startswith("alert: "))
+    assert keys["committed_steps"] == "120" and int(keys["alerts"]) >= 1
