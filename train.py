@@ -8,8 +8,8 @@
 
 `fit`/`validate`/`test` are LightningCLI: every key of the YAML is also a flag (`--model.lr 3e-4`,
 `--trainer.max_epochs 5`, `--trainer.accelerator gpu --trainer.precision bf16-mixed`,
-`--trainer.devices 2 --trainer.strategy ddp`), and `--help` lists them all. Model dimensions come
-from the store. Runs are tracked in MLflow (`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`).
+`--trainer.devices 2 --trainer.strategy ddp`, `--checkpoint.every_n_train_steps 500`), and `--help`
+lists them all. Model dimensions come from the store. Runs are tracked in MLflow (`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`).
 `fit` ends by printing `model_uri: …`, `checkpoint: …` (the self-describing model file) and
 `lightning_checkpoint: …` (for `--ckpt_path`).
 """
@@ -43,6 +43,10 @@ class TwinCLI(LightningCLI):
         parser.add_argument("--mlflow.run_name", default=None, help="MLflow run name (default: kind-store-seed)")
         parser.add_argument("--out_dir", default="runs",
                             help="where checkpoints go: OUT_DIR/<run name>/ (resume finds last.ckpt there)")
+        # Always on, whatever --trainer.callbacks holds (resume needs last.ckpt); `--checkpoint.every_n_train_steps`.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 50,
+                             "checkpoint.save_top_k": 1, "checkpoint.monitor": "val/loss", "checkpoint.mode": "min"})
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -128,8 +132,6 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything_default=0,
         save_config_callback=None,  # the resolved config goes to MLflow and the run folder instead
         trainer_defaults={
-            "callbacks": [ModelCheckpoint(save_last=True, every_n_train_steps=50, save_top_k=1,
-                                          monitor="val/loss", mode="min")],
             "log_every_n_steps": 10,
             "logger": False,  # replaced by the MLflow tracker in instantiate_trainer
         },

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
@@ -34,23 +35,45 @@ from data_pipeline.windows import (
 )
 
 
-def _stream() -> tuple[int, int, int, int]:
-    """(stream, num_streams, worker, num_workers): one RNG stream per DataLoader worker of every rank."""
+def _stream() -> tuple[int, int, int, int, int, int]:
+    """(stream, num_streams, worker, num_workers, rank, world): one stream per DataLoader worker of every rank."""
     info = get_worker_info()
     worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return rank * num_workers + worker, world * num_workers, worker, num_workers
+    return rank * num_workers + worker, world * num_workers, worker, num_workers, rank, world
+
+
+@dataclass
+class TrainPosition:
+    """Where a training run stands in the window stream: the next batch is batch `batch` of epoch `epoch`.
+
+    `epoch_batches` is how many batches an epoch took (`batches_per_epoch`, or less with
+    `limit_train_batches`); only a rotating sampler (store larger than the cache) needs it, to replay.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    epoch_batches: int = 0
+
+    def normalized(self) -> TrainPosition:
+        """A finished epoch's end is the start of the next one."""
+        if self.epoch_batches and self.batch >= self.epoch_batches:
+            return TrainPosition(self.epoch + 1, 0, self.epoch_batches)
+        return self
 
 
 class WindowDataset(IterableDataset):
     """Whole batches of windows (collated in numpy; use `DataLoader(..., batch_size=None)`).
 
     Each process (DataLoader worker) opens the store itself and reads it through its own chunk cache of
-    `cache_bytes / num_workers`. Training draws `num_batches` random batches per epoch split over the
-    workers, from an RNG stream fixed by (seed, epoch, rank, worker); evaluation yields the fixed windows
-    `eval_starts` in order, batches dealt round-robin to the workers (so the loader's order is fixed).
+    `cache_bytes / num_workers`. Training yields `num_batches` batches per epoch, dealt round-robin to the
+    workers. When the episodes fit the cache, batch j of epoch e is a pure function of
+    (seed, e * num_batches + j, rank): resuming at any position is exact for any worker count, and the
+    ranks of a DDP run split one global batch. A store larger than the cache is sampled by a sequential
+    rotating stream per (rank, worker); resuming replays it (exact with num_workers=0). Evaluation yields
+    the fixed windows `eval_starts` in order, batches dealt round-robin to the workers.
     """
 
     def __init__(
@@ -71,7 +94,10 @@ class WindowDataset(IterableDataset):
         self.starts, self.lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
         self.window, self.batch_size, self.cache_bytes = window, batch_size, cache_bytes
         self.seed, self.num_batches, self.eval_windows = seed, num_batches, eval_windows
-        self.epoch = 0  # bumped by EpochDataLoader in the main process before workers start
+        # The position the next epoch (the next __iter__ in this process) starts at. Each process
+        # (the main one, or each persistent worker) advances its own copy one epoch per __iter__.
+        self.start = TrainPosition(0, 0, num_batches)
+        self._replayed = False  # a rotating stream has been advanced to `start` in this process
         self._state: tuple[int, Any] | None = None  # (pid, sampler) of the process that built it
 
     def __getstate__(self) -> dict[str, Any]:
@@ -82,10 +108,16 @@ class WindowDataset(IterableDataset):
             return -(-len(self.eval_windows) // self.batch_size)
         return self.num_batches
 
+    def resume_at(self, position: TrainPosition) -> None:
+        """Start the next epoch at `position` (set before the loader's workers start)."""
+        self.start = position.normalized()
+        self._replayed = False
+        self._state = None  # a sampler that already drew batches would replay from the wrong place
+
     def _sampler(self) -> WindowSampler | FixedWindows:
         if self._state is not None and self._state[0] == os.getpid():
             return self._state[1]
-        stream, num_streams, _, num_workers = _stream()
+        stream, num_streams, _, num_workers, _, _ = _stream()
         store = TrajectoryStore.open(self.path, storage_options=self.storage_options)
         budget = self.cache_bytes // num_workers
         if self.eval_windows is not None:
@@ -95,7 +127,7 @@ class WindowDataset(IterableDataset):
         else:
             sampler = WindowSampler(
                 store, self.starts, self.lengths, window=self.window, batch_size=self.batch_size,
-                cache_bytes=budget, seed=[self.seed, self.epoch], stream=stream, num_streams=num_streams)
+                cache_bytes=budget, seed=self.seed, stream=stream, num_streams=num_streams)
         self._state = (os.getpid(), sampler)
         return sampler
 
@@ -104,20 +136,74 @@ class WindowDataset(IterableDataset):
         if isinstance(sampler, FixedWindows):
             yield from sampler
             return
-        _, _, worker, num_workers = _stream()
-        mine = self.num_batches // num_workers + (worker < self.num_batches % num_workers)
-        for _ in range(mine):
-            yield to_batch(sampler.next_arrays(), sampler.store)
+        _, _, worker, num_workers, rank, world = _stream()
+        epoch, first = self.start.epoch, self.start.batch
+        self.start = TrainPosition(epoch + 1, 0, self.num_batches)
+        # Batches first, first + 1, … of the epoch go to workers 0, 1, … in turn (the loader's order).
+        mine = range(first + worker, self.num_batches, num_workers)
+        if sampler.rotating:
+            if not self._replayed:
+                sampler.skip(self._replay_count(epoch, first, worker, num_workers))
+                self._replayed = True
+            for _ in mine:
+                yield to_batch(sampler.next_arrays(), sampler.store)
+        else:
+            for j in mine:
+                yield to_batch(sampler.arrays_at(epoch * self.num_batches + j, rank, world), sampler.store)
+
+    def _replay_count(self, epoch: int, first: int, worker: int, num_workers: int) -> int:
+        """Batches this worker's rotating stream drew before (epoch, first), epochs of `epoch_batches`."""
+        per_epoch = len(range(worker, self.start.epoch_batches or self.num_batches, num_workers))
+        return epoch * per_epoch + len(range(worker, first, num_workers))
 
 
 class EpochDataLoader(DataLoader):
-    """A DataLoader that tells its WindowDataset a new epoch began, so fresh (non-persistent) workers
-    draw new windows each epoch instead of repeating the first epoch's."""
+    """The DataLoader of a WindowDataset, resumable through Lightning's stateful-loader interface.
+
+    `state_dict()` is the `TrainPosition` of the next batch training will take: from the Trainer's progress
+    when `position` is set (the DataModule does that: the loader itself runs ahead of training by the
+    prefetched batches), else from the batches this loader has yielded. `load_state_dict` makes the next
+    epoch start there. With non-persistent workers it also tells the dataset a new epoch began.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position: Callable[[], TrainPosition | None] | None = None
+        self._yielded = TrainPosition(0, 0, len(self.dataset) if isinstance(self.dataset, WindowDataset) else 0)
+        self._epochs = 0
 
     def __iter__(self) -> Any:
-        if isinstance(self.dataset, WindowDataset):
-            self.dataset.epoch += 1
-        return super().__iter__()
+        if self._epochs:  # the previous epoch ended (or was cut short): count from the next one
+            self._yielded = TrainPosition(self._yielded.epoch + 1, 0, self._yielded.epoch_batches)
+        self._epochs += 1
+        batches = super().__iter__()
+        dataset = self.dataset
+        if isinstance(dataset, WindowDataset) and self.num_workers > 0 and not self.persistent_workers:
+            # Fresh workers took their copy of the dataset just now; the next epoch's copies start later.
+            dataset.start = TrainPosition(dataset.start.epoch + 1, 0, dataset.num_batches)
+        return self._count(batches)
+
+    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._yielded = TrainPosition(self._yielded.epoch, self._yielded.batch + 1, self._yielded.epoch_batches)
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if not isinstance(self.dataset, WindowDataset) or self.dataset.eval_windows is not None:
+            return {}
+        position = (self.position() if self.position is not None else None) or self._yielded
+        return {**asdict(position.normalized()), "seed": self.dataset.seed, "num_workers": self.num_workers}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state or not isinstance(self.dataset, WindowDataset):
+            return
+        position = TrainPosition(int(state["epoch"]), int(state["batch"]), int(state["epoch_batches"]))
+        if state.get("seed", self.dataset.seed) != self.dataset.seed:
+            warnings.warn(f"resuming with data.sample_seed={self.dataset.seed}; the checkpoint used "
+                          f"{state['seed']}, so the windows differ from the interrupted run's", stacklevel=2)
+        self.dataset.resume_at(position)
+        self._yielded = position
+        self._epochs = 0
 
 
 class WindowDataModule(L.LightningDataModule):
@@ -231,10 +317,30 @@ class WindowDataModule(L.LightningDataModule):
         starts, lengths = self.prepare()._meta["episodes"]["train"]
         if not len(starts):
             raise ValueError(f"{self.store_path}: no train episode holds a window of {self.window} rows")
-        return self._loader(WindowDataset(
+        loader = self._loader(WindowDataset(
             self.store_path, starts, lengths, window=self.window, batch_size=self.batch_size,
             cache_bytes=self.cache_bytes, seed=self.sample_seed, num_batches=self.batches_per_epoch,
             storage_options=self.storage_options))
+        loader.position = self._trained_position
+        return loader
+
+    def _trained_position(self) -> TrainPosition | None:
+        """The next batch training takes, from the Trainer's progress (None without a fitting Trainer).
+
+        A checkpoint saved at the end of training batch i of epoch e resumes at batch i + 1; one saved in the
+        middle of batch i (the non-finite-loss guard's) at batch i; one saved after an epoch at the next.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        loop = trainer.fit_loop
+        epochs = loop.epoch_progress.current
+        total = trainer.num_training_batches
+        epoch_batches = int(total) if total != float("inf") else self.batches_per_epoch
+        if epochs.processed >= epochs.started:  # no epoch in progress
+            return TrainPosition(epochs.started, 0, epoch_batches)
+        batches = loop.epoch_loop.batch_progress.current.processed
+        return TrainPosition(epochs.started - 1, batches, epoch_batches).normalized()
 
     def _eval_loader(self, name: str) -> EpochDataLoader:
         starts, lengths = self.prepare()._meta["episodes"][name]

@@ -187,6 +187,9 @@ class ChunkCache:
         self.stamp = np.zeros(capacity, np.int64)
         self.clock = 0
         self.chunks_read = 0
+        # Dry mode keeps the bookkeeping (which chunk sits in which slot) but reads nothing: a resumed
+        # sampler replays its rotations this way and then `reload`s only the chunks it ends up holding.
+        self.dry = False
         local = "://" not in store.path or store.path.startswith("file://")
         self.run_chunks = LOCAL_RUN_CHUNKS if local else REMOTE_RUN_CHUNKS
 
@@ -233,21 +236,30 @@ class ChunkCache:
                 raise RuntimeError(f"chunk cache of {self.capacity} slots cannot hold {len(chunks)} chunks")
             self.evict(self.chunk_in[candidates[:need]])
         free = list(np.flatnonzero(self.chunk_in < 0))
+        slots = np.array([free.pop(0) for _ in missing], np.int64)
+        self.chunk_in[slots] = missing
+        self.slot_of[missing] = slots
+        self.stamp[slots] = self.clock
+        if not self.dry:
+            self._read(missing)
+
+    def reload(self) -> None:
+        """Read every resident chunk into its slot (after a dry replay placed them without reading)."""
+        self._read(self.resident)
+
+    def _read(self, chunks: np.ndarray) -> None:
+        """Fill the slots of `chunks` (already assigned) from the store."""
         # Runs of consecutive chunks are read with one zarr call per variable, `run_chunks` at a time.
-        cuts = np.flatnonzero(np.diff(missing) != 1) + 1
-        for run in np.split(missing, cuts):
+        cuts = np.flatnonzero(np.diff(chunks) != 1) + 1
+        for run in np.split(chunks, cuts) if len(chunks) else []:
             for i in range(0, len(run), self.run_chunks):
                 part = run[i : i + self.run_chunks]
                 a, b = int(part[0]) * self.chunk, min((int(part[-1]) + 1) * self.chunk, self.num_rows)
-                slots = [free.pop(0) for _ in part]
                 for v in self.variables:
                     data = self.store.read_rows(v, a, b)
-                    for j, slot in enumerate(slots):
+                    for j, slot in enumerate(self.slot_of[part]):
                         rows = data[j * self.chunk : (j + 1) * self.chunk]
                         self.buffers[v][slot * self.chunk : slot * self.chunk + len(rows)] = rows
-                self.chunk_in[slots] = part
-                self.slot_of[part] = slots
-                self.stamp[slots] = self.clock
                 self.chunks_read += len(part)
 
     def gather(self, starts: np.ndarray, window: int) -> dict[str, np.ndarray]:
@@ -315,6 +327,12 @@ class WindowSampler:
     are not left out for good); each pass shuffles the blocks, stream `stream` of `num_streams` takes
     every num_streams-th block, the cache is filled with blocks, about `reuse` windows per loaded row
     are drawn from the resident windows, then the oldest half of the blocks is evicted and replaced.
+
+    Positions and resuming: when everything is resident, batch `p` is a pure function of (seed, p): the
+    streams share one draw of `num_streams * batch_size` windows per position and stream `s` takes slice
+    `s`, so S streams of B windows draw exactly what one stream of S*B would (`arrays_at`). A rotating
+    sampler is sequential; `skip(n)` replays n batches (rotations included, without reading their data)
+    so a resumed run continues the same stream.
     """
 
     def __init__(
@@ -359,6 +377,7 @@ class WindowSampler:
         self.cache = ChunkCache(store, capacity if self.rotating else len(self.needed), num_rows)
         self.block = max(span, min(8, capacity // 8))
         self.passes = 0
+        self.drawn = 0  # batches drawn (or skipped) so far: the position of the next one
         self.queue: deque[np.ndarray] = deque()
         self.resident_blocks: deque[np.ndarray] = deque()
         self.batches_left = 0
@@ -408,23 +427,69 @@ class WindowSampler:
         self.lo, self.hi = _intersect(r_lo, r_hi, self.ep_lo, self.ep_hi)
         self.cum = np.cumsum(self.hi - self.lo)
 
-    def next_arrays(self) -> dict[str, np.ndarray]:
-        """One batch as numpy arrays straight from the cache (before the last-row fill)."""
+    def _locate(self, u: np.ndarray) -> np.ndarray:
+        """The u-th valid resident window start, for each u in [0, cum[-1])."""
+        k = np.searchsorted(self.cum, u, side="right")
+        return self.lo[k] + u - (self.cum[k] - (self.hi[k] - self.lo[k]))
+
+    def _rotating_starts(self) -> np.ndarray:
+        """Window starts of the next batch of a rotating sampler (rotates the cache when it is due)."""
         for _ in range(10 * len(self.needed) + 10):
             if self.batches_left == 0 or not len(self.cum) or self.cum[-1] == 0:
-                if not self.rotating:
-                    raise RuntimeError(f"{self.store.path}: no window fits the resident chunks")
                 self._rotate()
                 continue
             break
         else:
             raise RuntimeError(f"{self.store.path}: stream {self.stream} found no windows in its blocks")
+        self.batches_left -= 1
+        return self._locate(self.rng.integers(0, self.cum[-1], size=self.batch_size))
+
+    def starts_at(self, position: int, part: int = 0, parts: int = 1) -> np.ndarray:
+        """Window starts of batch `position`, slice `part` of `parts` (everything resident only).
+
+        One draw of `parts * batch_size` windows per position, from an RNG fixed by (seed, position), so
+        DDP ranks (part = rank) together draw the global batch one process would draw with `parts` times
+        the batch size, and any process can produce any position (exact resume, any worker count).
+        """
         if self.rotating:
-            self.batches_left -= 1
-        u = self.rng.integers(0, self.cum[-1], size=self.batch_size)
-        k = np.searchsorted(self.cum, u, side="right")
-        starts = self.lo[k] + u - (self.cum[k] - (self.hi[k] - self.lo[k]))
+            raise RuntimeError(f"{self.store.path}: a rotating sampler (store larger than the cache) is sequential; "
+                               "use next_arrays / skip")
+        if not len(self.cum) or self.cum[-1] == 0:
+            raise RuntimeError(f"{self.store.path}: no window fits the resident chunks")
+        rng = np.random.default_rng([*self.seed, 2, int(position)])
+        u = rng.integers(0, self.cum[-1], size=parts * self.batch_size)
+        return self._locate(u[part * self.batch_size : (part + 1) * self.batch_size])
+
+    def arrays_at(self, position: int, part: int = 0, parts: int = 1) -> dict[str, np.ndarray]:
+        """Batch `position` (slice `part` of `parts`) as numpy arrays; see `starts_at`."""
+        return self.cache.gather(self.starts_at(position, part, parts), self.window)
+
+    def next_arrays(self) -> dict[str, np.ndarray]:
+        """One batch as numpy arrays straight from the cache (before the last-row fill)."""
+        if self.rotating:
+            starts = self._rotating_starts()
+        else:
+            starts = self.starts_at(self.drawn, self.stream, self.num_streams)
+        self.drawn += 1
         return self.cache.gather(starts, self.window)
+
+    def skip(self, n: int) -> None:
+        """Advance the stream by `n` batches as if they had been drawn (resuming a run).
+
+        A rotating sampler replays its rotations without reading chunk data, then reads only the chunks
+        resident at the end, so skipping costs a few RNG draws per batch, not the reads.
+        """
+        if n <= 0:
+            return
+        if self.rotating:
+            self.cache.dry = True
+            try:
+                for _ in range(n):
+                    self._rotating_starts()
+            finally:
+                self.cache.dry = False
+            self.cache.reload()
+        self.drawn += n
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

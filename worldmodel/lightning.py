@@ -8,6 +8,7 @@ runs its `loss`, and stores the self-describing model file inside every Lightnin
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -19,6 +20,7 @@ from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 from worldmodel.interface import WorldModel
 
 ModelKind = Literal["ensemble", "rssm", "diffusion"]
+LAST_GOOD = "last-good.ckpt"  # written beside last.ckpt when a loss turns NaN/Inf, then training stops
 
 
 def build_model(kind: ModelKind, config: Any, schema: StoreSchema, normalization: Normalization) -> WorldModel:
@@ -111,11 +113,9 @@ class WorldModelModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, metrics = self(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at global step {self.global_step} (batch {batch_idx}); "
-                "stopping. The last good checkpoint is the latest one saved before this step."
-            )
+        # Every DDP rank takes the same branch: saving the checkpoint below is a collective call.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            self._stop_on_non_finite(loss, batch, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.batch_size)
         for k, v in metrics.items():
             if v.numel() == 1:
@@ -164,6 +164,28 @@ class WorldModelModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def _stop_on_non_finite(self, loss: torch.Tensor, batch: Batch, batch_idx: int) -> None:
+        """Write `last-good.ckpt` (the state before this step: the update has not happened) and raise.
+
+        The checkpoint resumes at this very batch (`--ckpt_path …/last-good.ckpt`), e.g. after lowering
+        `model.lr` or fixing the data; the message names the step, the batch and any non-finite input.
+        """
+        trainer = self.trainer
+        callback = trainer.checkpoint_callback
+        folder = Path(callback.dirpath if callback is not None and callback.dirpath else trainer.default_root_dir)
+        path = folder / LAST_GOOD
+        trainer.save_checkpoint(path)
+        inputs = [name for name in ("obs", "action", "reward", "image")
+                  if (t := getattr(batch, name, None)) is not None and t.is_floating_point()
+                  and not bool(torch.isfinite(t).all())]
+        cause = (f"the batch holds non-finite {', '.join(inputs)} (check the store)" if inputs else
+                 "the batch is finite, so training diverged (lower model.lr or set trainer.gradient_clip_val)")
+        raise FloatingPointError(
+            f"non-finite training loss ({loss.item()} on rank {self.global_rank}) at global step {self.global_step}, "
+            f"epoch {self.current_epoch}, batch {batch_idx}: {cause}. Stopped before the update; the last good "
+            f"state is saved in {path} (resume with --ckpt_path {path})."
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The self-describing model file inside the Lightning checkpoint: `worldmodel.load(ckpt)` works.

@@ -3,8 +3,11 @@
 `BufferedMLflowLogger` is a Lightning logger that batches metrics locally and sends them with
 `log_batch` every few seconds (one call per batch, not per metric: a per-call `log_metric` costs
 ~90 ms against a remote server). A failed send keeps the metrics in the buffer and retries later,
-so a server that goes away and comes back loses nothing; metrics are also appended to a local
-JSON-lines spool so a crash during an outage leaves them on disk.
+backing off up to a minute between tries, so a server that goes away and comes back loses nothing
+and an unreachable one costs training little; MLflow's own HTTP retries are turned off
+(`configure_client`). Metrics are also appended to a local JSON-lines spool, so a crash during an
+outage leaves them on disk, and a resumed run (same run id) sends the spool again first: the
+tracking store drops the duplicates of what did arrive.
 """
 
 from __future__ import annotations
@@ -59,16 +62,30 @@ class BufferedMLflowLogger(Logger):
         tags: dict[str, str] | None = None,
         flush_interval_s: float = 5.0,
         spool_dir: str | None = None,
+        max_backoff_s: float = 60.0,
     ) -> None:
+        """
+        Args:
+            experiment_name: MLflow experiment (created if missing).
+            run_name: name of a new run.
+            run_id: an existing run to continue (a resumed training); its params are not re-logged.
+            tags: tags of a new run.
+            flush_interval_s: seconds between sends of the buffered metrics.
+            spool_dir: folder of the local metric spool (default `.twinworld-spool` in the working directory).
+            max_backoff_s: longest wait between tries while the server is unreachable.
+        """
         super().__init__()
         configure_client()
         self._experiment_name = experiment_name
         self._run_name = run_name
         self._run_id = run_id
+        self._resuming = run_id is not None
         self._tags = tags or {}
         self.flush_interval_s = flush_interval_s
+        self.max_backoff_s = max_backoff_s
         self._buffer: list[tuple[str, float, int, int]] = []
         self._last_flush = 0.0
+        self._retry_in = flush_interval_s  # grows while the server is away (backoff), reset on success
         self._client = None
         self._spool_dir = spool_dir
         self.failed_flushes = 0
@@ -86,7 +103,23 @@ class BufferedMLflowLogger(Logger):
                 exp_id = exp.experiment_id if exp else self._client.create_experiment(self._experiment_name)
                 run = self._client.create_run(exp_id, run_name=self._run_name, tags=self._tags)
                 self._run_id = run.info.run_id
+            else:
+                self._resend_spool()
         return self._client
+
+    def _resend_spool(self) -> None:
+        """A resumed run: queue what the previous process spooled but may not have delivered."""
+        path = Path(self._spool_dir or ".twinworld-spool") / f"{self._run_id}.jsonl"
+        if not path.exists():
+            return
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                key, value, timestamp, step = json.loads(line)
+                rows.append((str(key), float(value), int(timestamp), int(step)))
+            except (ValueError, TypeError):
+                continue  # a line cut short by the crash
+        self._buffer[:0] = rows
 
     @property
     def run_id(self) -> str:
@@ -118,9 +151,19 @@ class BufferedMLflowLogger(Logger):
             params = vars(params)
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in flatten(params).items()]
+        flat = flatten(params)
+        changed: dict[str, str] = {}
+        if self._resuming:
+            # MLflow params are immutable: a resumed run logs only new keys; values that differ from the
+            # first attempt's (e.g. `ckpt_path`) go to tags `resume.<key>` instead of failing the run.
+            logged = self.experiment.get_run(self.run_id).data.params
+            changed = {k: v for k, v in flat.items() if k in logged and logged[k] != v}
+            flat = {k: v for k, v in flat.items() if k not in logged}
+        items = [Param(k, v) for k, v in flat.items()]
         for i in range(0, len(items), 100):  # MLflow's log_batch takes at most 100 params per call
             self.experiment.log_batch(self.run_id, params=items[i : i + 100])
+        for key, value in changed.items():
+            self.experiment.set_tag(self.run_id, f"resume.{key}", value[:5000])
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -130,11 +173,14 @@ class BufferedMLflowLogger(Logger):
         with self.spool_path.open("a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
-        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+        if time.monotonic() - self._last_flush >= self._retry_in:
             self.flush()
 
     def flush(self) -> bool:
-        """Send buffered metrics; on failure keep them for the next try. True when the buffer is empty."""
+        """Send buffered metrics; on failure keep them for the next try. True when the buffer is empty.
+
+        Never raises: an unreachable or failing server only delays delivery.
+        """
         if not self._buffer:
             return True
         from mlflow.entities import Metric
@@ -147,10 +193,14 @@ class BufferedMLflowLogger(Logger):
                 del self._buffer[: len(chunk)]
         except Exception as err:  # the server is away: keep the metrics and try again later
             self.failed_flushes += 1
-            if self.failed_flushes in (1, 10, 100):
+            self._retry_in = min(self.max_backoff_s, max(self._retry_in, self.flush_interval_s) * 2)
+            if self.failed_flushes in (1, 10, 100) or self.failed_flushes % 1000 == 0:
                 print(f"mlflow: tracking server unreachable ({type(err).__name__}); "
-                      f"{len(self._buffer)} metrics buffered, retrying")
+                      f"{len(self._buffer)} metrics buffered, retrying in {self._retry_in:.1f} s")
             return False
+        if self.failed_flushes and self._retry_in > self.flush_interval_s:
+            print("mlflow: tracking server back; buffered metrics delivered")
+        self._retry_in = self.flush_interval_s
         return True
 
     @rank_zero_only

@@ -1,0 +1,224 @@
+"""Faults (issue 8): a NaN loss, a tracking server that dies mid-run, and a corrupted store chunk.
+
+- A non-finite loss stops training with a message naming the step and batch, after writing
+  `last-good.ckpt` (the state before that step), which resumes.
+- A real `mlflow server` process killed in the middle of a run and restarted on the same port: training
+  goes on, and every metric logged during the outage reaches the server (no step lost).
+- A chunk with flipped bytes makes `train.py fit` fail with StoreCorruptionError naming array and chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from data_pipeline.batch import Batch
+from data_pipeline.datamodule import WindowDataModule
+from data_pipeline.store import StoreCorruptionError
+from worldmodel.lightning import LAST_GOOD, WorldModelModule
+from worldmodel.tracking import BufferedMLflowLogger
+
+
+def _datamodule(path: str, **kwargs: object) -> WindowDataModule:
+    args = {"window": 8, "batch_size": 4, "batches_per_epoch": 10, "val_batches": 1}
+    return WindowDataModule(path, **{**args, **kwargs})
+
+
+def _trainer(root: Path, callbacks: list[Callback], **kwargs: object) -> L.Trainer:
+    args = {"max_epochs": 1, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+            "num_sanity_val_steps": 0, "default_root_dir": str(root)}
+    return L.Trainer(callbacks=callbacks, **{**args, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------ NaN
+class _PoisonAt(Callback):
+    """Puts a NaN into one observation of the batch of global step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch.obs[0, 3, 0] = float("nan")
+
+
+def test_nan_loss_stops_naming_step_and_batch_after_a_last_good_checkpoint(tmp_path, tiny_store) -> None:
+    tiny = tiny_store(episodes=[60] * 6, chunk_steps=16)
+    ckpt_dir = tmp_path / "ckpt"
+    module = WorldModelModule(kind="ensemble", config={"preset": "tiny"})
+    trainer = _trainer(tmp_path, [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=5),
+                                  _PoisonAt(7)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FloatingPointError, match=r"global step 7, epoch 0, batch 7: the batch holds non-finite "
+                                                     r"obs.*last-good\.ckpt") as info:
+            trainer.fit(module, datamodule=_datamodule(tiny.path))
+    print(info.value)
+    good = torch.load(ckpt_dir / LAST_GOOD, map_location="cpu", weights_only=False)
+    assert good["global_step"] == 7
+    assert torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 5
+    # The checkpoint holds the parameters the failing step started from (the update never happened).
+    now = module.state_dict()
+    for key, value in good["state_dict"].items():
+        assert torch.isfinite(value.float()).all() and torch.equal(value, now[key]), key
+
+    # It resumes at the failing batch: with clean data, training completes the epoch.
+    resumed = WorldModelModule(kind="ensemble", config={"preset": "tiny"})
+    trainer = _trainer(tmp_path, [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=5)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(resumed, datamodule=_datamodule(tiny.path), ckpt_path=str(ckpt_dir / LAST_GOOD))
+    assert trainer.global_step == 10
+
+
+# ------------------------------------------------------------------------------ corrupted chunk
+def test_fit_on_a_corrupted_chunk_fails_naming_array_and_chunk(tmp_path, tiny_store, monkeypatch) -> None:
+    import train
+
+    tiny = tiny_store(episodes=[60] * 6, chunk_steps=16)
+    _datamodule(tiny.path).prepare()  # the normalization is cached: the failure must come from the windows
+    chunk = Path(tiny.path) / "obs" / "c" / "3" / "0"
+    data = bytearray(chunk.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 4):
+        data[i] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = ["fit", "--model.kind", "ensemble", "--model.config", '{"preset": "tiny"}', "--data.store", tiny.path,
+            "--data.window", "8", "--data.batch_size", "4", "--data.batches_per_epoch", "5",
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--out_dir", str(tmp_path)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(StoreCorruptionError, match=r"array 'obs' chunk 3 along 'step' \(rows 48\.\.63\)"):
+            train.main(args)
+
+
+# ------------------------------------------------------------------------------ MLflow outage
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _MlflowServer:
+    """A real `mlflow server` (SQLite backend) on 127.0.0.1:port that the test can kill and restart."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = (self.root / "server.log").open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'srv.db'}",
+             "--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # its own process group
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_healthy(self, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.proc is not None and self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{(self.root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (the process group it leads), like a crashed host."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        while self.healthy():  # a worker that outlived its parent would still answer
+            time.sleep(0.1)
+
+
+class _SpyLogger(BufferedMLflowLogger):
+    """Records every (metric, step) handed to the logger, to compare with what the server holds."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.handed: dict[str, set[int]] = {}
+        self.server_down = False
+        self.handed_while_down: set[int] = set()  # steps of train/loss logged while the server was away
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for key in metrics:
+            self.handed.setdefault(key, set()).add(int(step or 0))
+        if self.server_down and "train/loss" in metrics:
+            self.handed_while_down.add(int(step or 0))
+        super().log_metrics(metrics, step)
+
+
+class _Outage(Callback):
+    """Kills the server at step `down`, restarts it at `up` (training goes on while it boots), and at `wait`
+    waits for it, so the last steps log to a live server again."""
+
+    def __init__(self, server: _MlflowServer, tracker: _SpyLogger, down: int, up: int, wait: int) -> None:
+        self.server, self.tracker, self.down, self.up, self.wait = server, tracker, down, up, wait
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        step = trainer.global_step
+        if step == self.down:
+            self.server.kill()
+            self.tracker.server_down = True
+        elif step == self.up:
+            self.server.start()
+        elif step == self.wait:
+            self.server.wait_healthy()
+            self.tracker.server_down = False
+
+
+def test_training_survives_an_mlflow_server_outage_without_losing_metrics(tmp_path, tiny_store, monkeypatch) -> None:
+    from mlflow import MlflowClient
+
+    server = _MlflowServer(tmp_path)
+    server.start()
+    tiny = tiny_store(episodes=[60] * 6, chunk_steps=16)
+    try:
+        server.wait_healthy()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # what configure_client sets by default
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        tracker = _SpyLogger(experiment_name="outage", run_name="outage", flush_interval_s=0.05,
+                             spool_dir=str(tmp_path / "spool"), max_backoff_s=0.5)
+        tracker.log_hyperparams({"test": "outage"})
+        outage = _Outage(server, tracker, down=5, up=15, wait=30)
+        module = WorldModelModule(kind="ensemble", config={"preset": "tiny"})
+        trainer = _trainer(tmp_path, [outage], max_epochs=4, log_every_n_steps=1, enable_checkpointing=False)
+        trainer.loggers = [tracker]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, datamodule=_datamodule(tiny.path))
+        assert trainer.global_step == 40, "training stopped early"
+        assert tracker.failed_flushes > 0, "no send failed: the outage was not felt"
+        tracker.end_run()
+        assert not tracker._buffer
+
+        client = MlflowClient(server.uri)
+        assert len(tracker.handed_while_down) >= 20, "too few steps were logged during the outage"
+        for key, steps in tracker.handed.items():
+            on_server = {m.step for m in client.get_metric_history(tracker.run_id, key)}
+            assert on_server == steps, f"{key}: steps {sorted(steps - on_server)} never reached the server"
+        assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    finally:
+        server.kill()
