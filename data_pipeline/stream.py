@@ -121,6 +121,7 @@ class StreamStats:
     rejected: int = 0
     rows: int = 0
     committed_steps: int = 0
+    """Grid steps committed (a continuing segment's repeated first row counts once)."""
     committed_episodes: int = 0
     latest_time_ns: int | None = None
     """Newest sample time seen (stream time)."""
@@ -475,7 +476,7 @@ class SegmentWriter:
         self.config = config
         self.stream: EpisodeStream | None = None
         self.opened = 0.0
-        self.continues = False
+        self.continues = False  # the open segment starts with the previous segment's last row
         self._last: tuple[int, np.ndarray, np.ndarray, float] | None = None
         self._label = ""
         self.committed_steps = 0
@@ -520,17 +521,19 @@ class SegmentWriter:
         if self.stream.num_rows < 2:
             if final:
                 self.stream.abort()
-                self.stream = None
+                self.stream, self.continues = None, False
             return
         rows = self.stream.num_rows
         self.stream.commit(truncated=True)
-        self.committed_steps += rows
+        self.committed_steps += rows - self.continues  # the shared first row is counted once
         self.committed_episodes += 1
         self.stream = None
+        self.continues = False
         if not final and self._last is not None:
             t, obs, action, reward = self._last
             self._open(self._label, t, _time.monotonic() if now is None else now)
             self.stream.add(obs=obs, action=action, reward=reward, time=t)
+            self.continues = True
 
     def close(self) -> None:
         """Commit what is complete and drop nothing else."""

@@ -530,9 +530,13 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     twin = Twin(args.model, history=args.history, particles=args.particles, device=args.device)
     model = twin.model
     calibration = Calibration.load(args.calibration) if args.calibration else None
-    config = calibration.anomaly_config() if calibration else AnomalyConfig(window=args.window)
-    if args.window is not None and calibration is None:
-        config.window = args.window
+    if calibration is not None:  # the threshold holds for the settings it was calibrated with
+        config = calibration.anomaly_config()
+        if args.window is not None or args.particles != 1:
+            print(f"envs.live: --window / --particles ignored: {args.calibration} was calibrated with "
+                  f"window {config.window}, particles {config.particles}", file=sys.stderr)
+    else:
+        config = AnomalyConfig(window=args.window or 1, particles=args.particles)
     threshold = args.threshold if args.threshold is not None else (calibration.threshold if calibration else None)
     if threshold is None:
         print("envs.live: no --calibration or --threshold: scores are written, no alerts", file=sys.stderr)
@@ -605,8 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None,
                    help="calibration JSON from `python -m worldmodel.anomaly` (threshold and score settings)")
     p.add_argument("--threshold", type=float, default=None, help="alert threshold (overrides the calibration's)")
-    p.add_argument("--window", type=int, default=None, help="steps the score averages over (without --calibration)")
-    p.add_argument("--particles", type=int, default=1, help="belief copies pooled per prediction")
+    p.add_argument("--window", type=int, default=None,
+                   help="steps the score averages over (default 1; a calibration brings its own)")
+    p.add_argument("--particles", type=int, default=1,
+                   help="belief copies pooled per prediction (a calibration brings its own)")
     p.add_argument("--alert-topic", default=None,
                    help="publish alerts as JSON on this topic of the source's broker (or a full mqtt:// URL)")
     p.add_argument("--scores", default=None, help="score store path (default: STORE's name with .anomaly.zarr)")
