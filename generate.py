@@ -604,8 +604,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     shown = calibration[calibration["horizon"].isin([*(h for h in PRINT_HORIZONS if h <= spec.horizon),
                                                      spec.horizon]) & (calibration["scenarios"] > 0)]
     if len(shown):
-        print(f"\ncalibration of the factual scenarios against the recorded future, {held_out(spec, store, index)} "
-              "(coverage90: fraction inside the 90% band; nrmse: error of the sample mean / median):")
+        print(f"\ncalibration of the factual scenarios against the recorded future, "
+              f"{held_out(spec, store, index)} (coverage90: fraction inside the 90% band; "
+              "nrmse: error of the sample mean / median):")
         print(shown.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:

@@ -61,13 +61,32 @@ def bench_raw(model: EnsembleWorldModel, blocks: list[int], horizon: int) -> flo
     return time.perf_counter() - t0
 
 
-def bench_generate(model: EnsembleWorldModel, store: TrajectoryStore, text: str, out: Path) -> float:
+def bench_generate(model: EnsembleWorldModel, store: TrajectoryStore, text: str,
+                   out: Path) -> tuple[float, float]:
+    """Seconds for generate end to end, and the seconds of it spent inside `model.step`.
+
+    The second number makes the overhead measurable within one run, so it does not depend on how
+    busy a shared machine was while the raw loop ran.
+    """
     import generate
 
     spec = parse_spec_text(text, "bench.yaml")
-    t0 = time.perf_counter()
-    generate.generate(spec, model, store, out, attrs={"model": "bench"}, overwrite=True, progress=False)
-    return time.perf_counter() - t0
+    inside = [0.0]
+    step = model.step
+
+    def timed_step(*args: object, **kwargs: object) -> object:
+        t = time.perf_counter()
+        result = step(*args, **kwargs)
+        inside[0] += time.perf_counter() - t
+        return result
+
+    model.step = timed_step  # an instance attribute: imagine's self.step finds it first
+    try:
+        t0 = time.perf_counter()
+        generate.generate(spec, model, store, out, attrs={"model": "bench"}, overwrite=True, progress=False)
+        return time.perf_counter() - t0, inside[0]
+    finally:
+        del model.step
 
 
 def machine() -> str:
@@ -77,7 +96,9 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()}-core {cpu}, Python {platform.python_version()}, torch {torch.__version__}"
+    load = os.getloadavg()[0]
+    return (f"{os.cpu_count()}-core {cpu} (load avg {load:.1f}), Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
 
 
 def append_rows(out: Path, rows: list[list[str]]) -> None:
@@ -122,7 +143,7 @@ def main() -> None:
         text = spec_text(args.scenarios // INTERVENTIONS, args.samples, args.horizon, args.block)
         bench_raw(model, [blocks[0]], 2)  # warm up
         raw_s = bench_raw(model, blocks, args.horizon)
-        gen_s = bench_generate(model, store, text, workdir / "scenarios.zarr")
+        gen_s, in_step_s = bench_generate(model, store, text, workdir / "scenarios.zarr")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     steps = args.scenarios * args.samples * args.horizon
@@ -134,14 +155,17 @@ def main() -> None:
     print(f"{'path':<34} {'seconds':>9} {'scenario-steps/s':>18}")
     print(f"{'generate (end to end, Zarr out)':<34} {gen_s:>9.1f} {gen_rate:>18,.0f}")
     print(f"{'raw model.step loop':<34} {raw_s:>9.1f} {raw_rate:>18,.0f}")
-    verdict = "met" if overhead <= 1.5 else "MISSED"
-    print(f"overhead {overhead:.2f}x (target ≤ 1.5x: {verdict})")
+    verdict = "met" if max(overhead, gen_s / in_step_s) <= 1.5 else "MISSED"
+    print(f"{'  of which inside model.step':<34} {in_step_s:>9.1f}")
+    print(f"overhead {overhead:.2f}x against the raw loop; {gen_s / in_step_s:.2f}x against its own "
+          f"model.step time (target ≤ 1.5x: {verdict})")
     if not args.no_record:
         command = "python benchmarks/bench_generate.py" + "".join(f" {a}" for a in sys.argv[1:])
         append_rows(args.out, [[dt.date.today().isoformat(), "bench_generate scenario-steps/s", machine(),
                                 f"`{command}` ({args.scenarios} x {args.samples} x {args.horizon})",
                                 f"generate {gen_rate:,.0f}", f"raw model.step {raw_rate:,.0f}",
-                                f"{raw_s / gen_s:.2f}x (overhead {overhead:.2f}x)", "overhead ≤ 1.5x"]])
+                                f"{raw_s / gen_s:.2f}x (overhead {overhead:.2f}x; {gen_s / in_step_s:.2f}x "
+                                f"of its own model.step time)", "overhead ≤ 1.5x"]])
         print(f"results: {args.out}")
 
 
