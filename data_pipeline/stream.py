@@ -595,6 +595,10 @@ class StreamIngest:
                 self.stats.duplicates += 1
             elif status == "late":
                 self.stats.late += 1
+                if self.stats.late <= 5:  # flag the first few; the count says how many there were
+                    print(f"stream: late sample at t={s.time_ns} ns (message {self.stats.messages}): its slot was "
+                          f"already written (reorder window {self.config.reorder_window} s); dropped",
+                          file=sys.stderr)
         if self.buffer.newest_ns is not None:
             self.stats.latest_time_ns = self.buffer.newest_ns
 
