@@ -18,6 +18,7 @@ iteration, model).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -235,7 +236,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
         state["curve"].append({"iteration": iteration, **metrics})
         print(f"[policy] iteration {iteration}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()), flush=True)
         venv.close()
-        agent.save(agent_file)
+        _atomic(agent_file, agent.save)
 
         if iteration < cfg.iterations - 1:
             # Collect real data with the current policy, then refit the model on the grown store.
@@ -244,7 +245,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
                    progress=False).close()
             state["model"] = refit(state["model"], cfg.store, cfg, out, iteration)
         state["iteration"] = iteration + 1
-        state_file.write_text(json.dumps(state))
+        _atomic(state_file, lambda p: Path(p).write_text(json.dumps(state)))
 
     policy_path = out / "policy.zip"
     agent.save(policy_path)
@@ -285,12 +286,20 @@ class _IterationCheckpoint(BaseCallback):
             self.start = self.num_timesteps - n
         steps = self.done + self.num_timesteps - self.start
         if self.every and steps // self.every > (steps - n) // self.every:
-            self.model.save(self.agent_file)
+            # Agent and buffer first, the state file last: it is the checkpoint's commit point.
+            _atomic(self.agent_file, self.model.save)
             if hasattr(self.model, "save_replay_buffer"):
-                self.model.save_replay_buffer(self.buffer_file)
+                _atomic(self.buffer_file, self.model.save_replay_buffer)
             self.state.update(iteration=self.iteration, iteration_steps=steps)
-            self.state_file.write_text(json.dumps(self.state))
+            _atomic(self.state_file, lambda p: Path(p).write_text(json.dumps(self.state)))
         return True
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file and rename, so a kill mid-write never leaves a torn file."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
