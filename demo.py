@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     policy_cmd = [py, "train.py", "policy", "--config", "configs/pendulum/policy.yaml",
                   "--model", model["model_uri"], "--store", store, "--out_dir", str(out / "policy")]
     if args.quick:
-        policy_cmd += ["--total_timesteps", "300", "--iterations", "1", "--eval_episodes", "2",
+        policy_cmd += ["--timesteps", "300", "--iterations", "1", "--eval_episodes", "2",
                        "--collect_episodes", "1"]
     policy = run(policy_cmd)
 
