@@ -67,7 +67,7 @@ class TwinCLI(LightningCLI):
             tags={"twinworld.stage": "model", "twinworld.command": self.subcommand,
                   "data.store": str(cfg.data.store)},
         )
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" and self.tracker.run_id is not None:  # None on DDP ranks other than 0
             run_id_file.write_text(self.tracker.run_id)
         trainer = super().instantiate_trainer(**kwargs)
         trainer.loggers = [self.tracker]
@@ -90,6 +90,8 @@ class TwinCLI(LightningCLI):
     def after_fit(self) -> None:
         from worldmodel.publish import publish_model
 
+        if not self.trainer.is_global_zero:  # under DDP, rank 0 alone evaluates, logs and registers the model
+            return
         cfg = self.config["fit"]
         outputs = publish_model(
             self.model.model,

@@ -33,4 +33,4 @@ def test_demo_quick_prints_summary(tmp_path: Path) -> None:
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     stages = {r.data.tags.get("twinworld.stage") for r in mlflow.search_runs(search_all_experiments=True,
                                                                                output_format="list")}
-    assert {"model", "policy"} <= stages
+    assert {"model", "scenarios", "policy"} <= stages

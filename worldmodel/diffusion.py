@@ -4,8 +4,8 @@
 
 - Network (worldmodel/denoiser.py): an EDM-preconditioned denoiser, a residual MLP for vector
   observations and a diffusers `UNet2DModel` for images, with reward / termination heads on the same
-  conditioning. Vector observations are modelled as the change from the last observation
-  (`residual`), images whole, as in DIAMOND.
+  conditioning. By default vector observations are modelled as the change from the last
+  observation (`residual`), images whole, as in DIAMOND.
 - Sampler (`EDMSampler`): diffusers' `EDMEulerScheduler` (default) or `EDMDPMSolverMultistepScheduler`;
   the denoising loop is written out in `EDMSampler.sample`.
 - Training: denoising score matching with EDM's loss weighting and a log-normal σ distribution
@@ -62,8 +62,9 @@ class DiffusionConfig:
     """Mean of ln σ during training (log-normal noise levels; DIAMOND -0.4, EDM -1.2)."""
     train_sigma_std: float = 1.2
     """Standard deviation of ln σ during training."""
-    residual: bool = True
-    """Vector observations: denoise the change from the last observation instead of the observation."""
+    residual: bool | None = None
+    """Denoise the change from the last observation instead of the observation; None: yes for vector
+    observations, no for images (DIAMOND denoises whole frames)."""
     hidden: int = 256
     """Width of the vector denoiser's residual MLP."""
     blocks: int = 3
@@ -191,7 +192,7 @@ class DiffusionWorldModel(WorldModel):
             self.denoiser = VectorDenoiser(self.obs_dim, k, self.cond_dim, c.hidden, c.blocks)
         self.heads = HistoryHeads(self.sample_shape, k, self.cond_dim, c.head_hidden)
         self.sampler = EDMSampler(c.num_steps, c.solver, c.sigma_min, c.sigma_max, c.sigma_data, c.rho)
-        self.residual = c.residual and not self.image_obs
+        self.residual = (not self.image_obs) if c.residual is None else c.residual
         self.spread = c.spread_samples or (1 if self.image_obs else 4)
         self._prepared_for: torch.device | None = None
 
@@ -251,7 +252,7 @@ class DiffusionWorldModel(WorldModel):
     def sample(self, history: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None
                ) -> torch.Tensor:
         """Denoised targets (N, *sample_shape) for a batch of conditions: the change from the last
-        observation (residual vectors) or the next observation, normalized."""
+        observation (`residual`) or the next observation, normalized."""
         device = history.device
         self._prepare(device)
         history = self._layout(history)
@@ -300,8 +301,11 @@ class DiffusionWorldModel(WorldModel):
         act = torch.cat([state["action"][:, 1:], self._action_features(action).unsqueeze(1).to(history.dtype)], 1)
         cond = self._cond(act, count)
         # All S samples in one batched call, sample-major: rows [i·B, (i+1)·B) are sample i.
-        rep = (s,) + (1,) * (history.dim() - 1)
-        x0 = self.sample(history.repeat(rep), cond.repeat(s, 1), generator).unflatten(0, (s, b))
+        if s > 1:
+            x0 = self.sample(history.repeat(s, *([1] * (history.dim() - 1))), cond.repeat(s, 1), generator)
+        else:
+            x0 = self.sample(history, cond, generator)
+        x0 = x0.unflatten(0, (s, b))
         next_n = history[:, -1].unsqueeze(0) + x0 if self.residual else x0  # (S, B, …)
         next_obs = self._to_obs(next_n)  # physical, clamped to the plausible range
         next_n = self._to_model(next_obs)
