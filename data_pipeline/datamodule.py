@@ -73,7 +73,8 @@ class WindowDataset(IterableDataset):
     (seed, e * num_batches + j, rank): resuming at any position is exact for any worker count, and the
     ranks of a DDP run split one global batch. A store larger than the cache is sampled by a sequential
     rotating stream per (rank, worker); resuming replays it (exact with num_workers=0). Evaluation yields
-    the fixed windows `eval_starts` in order, batches dealt round-robin to the workers.
+    the fixed windows `eval_starts` in order, batches dealt round-robin to the workers; every DDP rank
+    evaluates all of them (equal step counts on all ranks, and the metrics of a single process).
     """
 
     def __init__(
@@ -117,13 +118,15 @@ class WindowDataset(IterableDataset):
     def _sampler(self) -> WindowSampler | FixedWindows:
         if self._state is not None and self._state[0] == os.getpid():
             return self._state[1]
-        stream, num_streams, _, num_workers, _, _ = _stream()
+        stream, num_streams, worker, num_workers, _, _ = _stream()
         store = TrajectoryStore.open(self.path, storage_options=self.storage_options)
         budget = self.cache_bytes // num_workers
         if self.eval_windows is not None:
+            # Every DDP rank evaluates all windows (split over its workers only): ranks must take the same
+            # number of steps (each DDP forward is a collective), and the metrics equal one process's.
             sampler: WindowSampler | FixedWindows = FixedWindows(
                 store, self.eval_windows, window=self.window, batch_size=self.batch_size, cache_bytes=budget,
-                stream=stream, num_streams=num_streams)
+                stream=worker, num_streams=num_workers)
         else:
             sampler = WindowSampler(
                 store, self.starts, self.lengths, window=self.window, batch_size=self.batch_size,
