@@ -76,10 +76,18 @@ class TwinCLI(LightningCLI):
                 cb.dirpath = str(self.run_dir)
         return trainer
 
+    def _resolved_config(self) -> str:
+        """The resolved config as YAML, `data.storage_options` values masked (they may hold credentials)."""
+        config = self.config.clone()
+        cfg = config[self.subcommand] if self.subcommand else config
+        if cfg.data.get("storage_options"):
+            cfg.data.storage_options = {key: "***" for key in cfg.data.storage_options}
+        return self.parser.dump(config, skip_none=False)
+
     def before_fit(self) -> None:
         dm = self.datamodule
         dm.prepare()
-        self.tracker.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False)[:5900]})
+        self.tracker.log_hyperparams({"config": self._resolved_config()[:5900]})
         self.tracker.log_hyperparams({
             "data.store": str(dm.hparams.store), "data.fingerprint": dm.fingerprint,
             "data.train_episodes": len(dm.split["train"]), "data.val_episodes": len(dm.split["val"]),
@@ -99,7 +107,7 @@ class TwinCLI(LightningCLI):
             tracker=self.tracker,
             run_dir=self.run_dir,
             registered_model_name=cfg.mlflow.registered_model_name,
-            resolved_config=self.parser.dump(self.config, skip_none=False),
+            resolved_config=self._resolved_config(),
             eval_kwargs={"context": self.model.hparams.eval_context,
                          "horizons": tuple(self.model.hparams.eval_horizons),
                          "samples": self.model.hparams.eval_samples,
