@@ -262,7 +262,6 @@ def test_config_errors_name_the_field() -> None:
         DiffusionConfig.preset("huge")
 
 
-@pytest.mark.slow  # a train.py subprocess: ~20 s of CPU, over 60 s wall on a busy 2-core machine
 def test_fit_through_train_py(tmp_path: Path, tiny_store) -> None:
     """Two training steps on a tiny store, end to end through `train.py fit`; the model file loads and rolls out."""
     pytest.importorskip("data_pipeline.datamodule")

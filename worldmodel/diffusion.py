@@ -4,8 +4,8 @@
 
 - Network (worldmodel/denoiser.py): an EDM-preconditioned denoiser, a residual MLP for vector
   observations and a diffusers `UNet2DModel` for images, with reward / termination heads on the same
-  conditioning. By default vector observations are modelled as the change from the last
-  observation (`residual`), images whole, as in DIAMOND.
+  conditioning. By default the model denoises the change from the last observation (`residual`);
+  `residual: false` denoises whole observations, as DIAMOND does for frames.
 - Sampler (`EDMSampler`): diffusers' `EDMEulerScheduler` (default) or `EDMDPMSolverMultistepScheduler`;
   the denoising loop is written out in `EDMSampler.sample`.
 - Training: denoising score matching with EDM's loss weighting and a log-normal σ distribution
@@ -62,9 +62,9 @@ class DiffusionConfig:
     """Mean of ln σ during training (log-normal noise levels; DIAMOND -0.4, EDM -1.2)."""
     train_sigma_std: float = 1.2
     """Standard deviation of ln σ during training."""
-    residual: bool | None = None
-    """Denoise the change from the last observation instead of the observation; None: yes for vector
-    observations, no for images (DIAMOND denoises whole frames)."""
+    residual: bool = True
+    """Denoise the change from the last observation instead of the observation (DIAMOND denoises whole
+    frames; the change learns much faster at small compute, see docs/diffusion.md)."""
     hidden: int = 256
     """Width of the vector denoiser's residual MLP."""
     blocks: int = 3
@@ -131,6 +131,7 @@ class EDMSampler:
             raise ValueError(f"DiffusionConfig.solver: {solver!r}; expected 'euler' or 'dpm'")
         self.num_steps = num_steps
 
+    @torch.no_grad()  # as in diffusers pipelines: sampling is not differentiated through
     def sample(
         self,
         model_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -192,7 +193,7 @@ class DiffusionWorldModel(WorldModel):
             self.denoiser = VectorDenoiser(self.obs_dim, k, self.cond_dim, c.hidden, c.blocks)
         self.heads = HistoryHeads(self.sample_shape, k, self.cond_dim, c.head_hidden)
         self.sampler = EDMSampler(c.num_steps, c.solver, c.sigma_min, c.sigma_max, c.sigma_data, c.rho)
-        self.residual = (not self.image_obs) if c.residual is None else c.residual
+        self.residual = c.residual
         self.spread = c.spread_samples or (1 if self.image_obs else 4)
         self._prepared_for: torch.device | None = None
 
