@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,14 +59,13 @@ def run_ours(seed: int, args: argparse.Namespace, work: Path) -> tuple[list[tupl
                    check=True, stdout=subprocess.DEVNULL)
     t0 = time.time()
     model = fit_model(store, work, args.fit_steps, seed)
-    cfg = PolicyConfig(
-        model=model, store=store, algorithm="SAC",
-        hyperparameters={"learning_rate": 1e-3, "batch_size": 256, "buffer_size": 50_000, "learning_starts": 500,
-                         "gamma": 0.98, "policy_kwargs": {"net_arch": [64, 64]}},
-        num_envs=8, rollout_horizon=50, timesteps=args.timesteps, reward_fn="envs.rewards:pendulum",
-        termination_fn="envs.rewards:never", real_env="Pendulum-v1", eval_episodes=20,
-        iterations=args.iterations, collect_episodes=1, refit_steps=args.refit_steps, seed=seed,
-        out_dir=str(work / f"policy-{seed}"), registered_policy_name="", experiment="bench-policy")
+    # The shipped config (what the demo runs), with this run's model, store, seed and budget.
+    shipped = yaml.safe_load((ROOT / "configs/pendulum/policy.yaml").read_text())
+    shipped.update(model=model, store=store, seed=seed, iterations=args.iterations, eval_episodes=20,
+                   out_dir=str(work / f"policy-{seed}"), registered_policy_name="", experiment="bench-policy")
+    if args.timesteps:
+        shipped["timesteps"] = args.timesteps
+    cfg = PolicyConfig(**shipped)
     train_policy(cfg)
     curve = json.loads((Path(cfg.out_dir) / "learning_curve.json").read_text())
     return [(int(c["real_steps"]), float(c["real_return"])) for c in curve], time.time() - t0
@@ -96,8 +96,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budgets", default="1000,2000,5000")
     parser.add_argument("--random-episodes", type=int, default=5, help="random-policy episodes of 200 steps")
-    parser.add_argument("--iterations", type=int, default=6, help="loop iterations (one real episode each)")
-    parser.add_argument("--timesteps", type=int, default=16_000, help="learned-env steps per iteration")
+    parser.add_argument("--iterations", type=int, default=6,
+                        help="loop iterations; each but the last collects one real episode")
+    parser.add_argument("--timesteps", type=int, default=0, help="learned-env steps per iteration (0: the config's)")
     parser.add_argument("--fit-steps", type=int, default=2000)
     parser.add_argument("--refit-steps", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script runs")
@@ -106,7 +107,7 @@ def main() -> None:
     if args.quick:
         args.iterations, args.timesteps, args.fit_steps, args.refit_steps = 2, 1000, 100, 20
         args.budgets = "1000"
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # small networks: one thread is fastest, and extra threads spin on a busy machine
     budgets = [int(b) for b in args.budgets.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_policy_"))
     ours, sac = {}, {}
