@@ -38,10 +38,10 @@ class Batch:
     """(B, T, H, W, C) uint8 image observations, or None."""
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(**{
-            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=non_blocking))
-            for f in fields(self)
-        })
+        def move(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value.to(device, non_blocking=non_blocking)
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
     @property
     def batch_size(self) -> int:

@@ -84,7 +84,9 @@ class EnsembleWorldModel(WorldModel):
         d_in = self.obs_dim + self.action_dim
         self.d_out = self.obs_dim + 1  # Δobs and reward
         dims = [d_in] + [config.hidden] * config.layers
-        self.hidden_layers = nn.ModuleList(EnsembleLinear(config.members, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.hidden_layers = nn.ModuleList(
+            EnsembleLinear(config.members, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
         self.head = EnsembleLinear(config.members, config.hidden, 2 * self.d_out + 1)  # mean, logvar, term
         self.max_logvar = nn.Parameter(torch.full((1, 1, self.d_out), config.max_logvar))
         self.min_logvar = nn.Parameter(torch.full((1, 1, self.d_out), config.min_logvar))

@@ -63,7 +63,9 @@ def fit_linear(train: Batch, model: WorldModel, ridge: float = 1e-3) -> torch.Te
         return torch.linalg.solve(x.T @ x + ridge * len(x) * eye, x.T @ y).float()
 
 
-def linear_rollout(model: WorldModel, weights: torch.Tensor, windows: Batch, context: int, horizon: int) -> torch.Tensor:
+def linear_rollout(
+    model: WorldModel, weights: torch.Tensor, windows: Batch, context: int, horizon: int
+) -> torch.Tensor:
     """Open-loop rollout of the ridge model from the last context row: (B, H, D) physical units."""
     with torch.no_grad():
         z = model.normalize_obs(windows.obs[:, context - 1].to(model.device))

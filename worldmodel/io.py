@@ -62,7 +62,8 @@ def read_checkpoint(source: str, map_location: str | torch.device = "cpu") -> di
         # A Lightning .ckpt of train.py holds the model file's dict under "twinworld_model".
         if isinstance(data, dict) and isinstance(data.get("twinworld_model"), dict):
             return data["twinworld_model"]
-        raise ValueError(f"{path}: not a twinworld model file (format {data.get('format') if isinstance(data, dict) else '?'})")
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: not a twinworld model file (format {found!r}; expected {FORMAT!r})")
     return data
 
 
