@@ -36,7 +36,7 @@ def record(env_id: str, path: Path, episodes: int, steps: int) -> str:
 
 FAST = ["--model.config.preset", "tiny", "--trainer.max_epochs", "1", "--data.batches_per_epoch", "12",
         "--data.val_batches", "2", "--model.eval_horizons", "[1, 5]", "--model.eval_samples", "4",
-        "--model.eval_context", "4", "--trainer.enable_progress_bar", "false"]
+        "--model.eval_context", "4", "--model.eval_windows", "16", "--trainer.enable_progress_bar", "false"]
 
 
 @pytest.fixture(scope="module")

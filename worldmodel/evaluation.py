@@ -2,7 +2,8 @@
 
 On held-out windows, the model assimilates `context` real rows, then imagines the next H rows under
 the recorded actions. Reported per horizon h:
-- `nrmse`: RMSE of the sample mean per channel divided by the channel's std (then averaged);
+- `nrmse`: RMSE of the sample mean per channel divided by the channel's std (then averaged), and
+  `nrmse_median` the same for the sample median (what generate.py reports for factual scenarios);
 - `persistence_nrmse` (next obs = current obs) and `linear_nrmse` (ridge regression on
   (obs, action) -> Δobs, rolled out) on the same windows;
 - for stochastic models, `coverage90` (fraction of true values inside the central 90% of samples)
@@ -126,6 +127,8 @@ def evaluate(
         mean = pred[:, :, h - 1].mean(1)
         per_channel = ((mean - y).pow(2).mean(0).sqrt() / std)
         metrics[f"nrmse/h{h}"] = float(per_channel.mean())
+        median = pred[:, :, h - 1].median(1).values
+        metrics[f"nrmse_median/h{h}"] = float(((median - y).pow(2).mean(0).sqrt() / std).mean())
         for c, name in enumerate(channels):
             metrics[f"nrmse/h{h}/{name}"] = float(per_channel[c])
         metrics[f"persistence_nrmse/h{h}"] = float(((last - y).pow(2).mean(0).sqrt() / std).mean())
