@@ -140,13 +140,13 @@ class WindowDataset(IterableDataset):
             yield from sampler
             return
         _, _, worker, num_workers, rank, world = _stream()
-        epoch, first = self.start.epoch, self.start.batch
+        epoch, first, epoch_batches = self.start.epoch, self.start.batch, self.start.epoch_batches
         self.start = TrainPosition(epoch + 1, 0, self.num_batches)
         # Batches first, first + 1, … of the epoch go to workers 0, 1, … in turn (the loader's order).
         mine = range(first + worker, self.num_batches, num_workers)
         if sampler.rotating:
             if not self._replayed:
-                sampler.skip(self._replay_count(epoch, first, worker, num_workers))
+                sampler.skip(self._replay_count(epoch, first, epoch_batches, worker, num_workers))
                 self._replayed = True
             for _ in mine:
                 yield to_batch(sampler.next_arrays(), sampler.store)
@@ -154,9 +154,10 @@ class WindowDataset(IterableDataset):
             for j in mine:
                 yield to_batch(sampler.arrays_at(epoch * self.num_batches + j, rank, world), sampler.store)
 
-    def _replay_count(self, epoch: int, first: int, worker: int, num_workers: int) -> int:
-        """Batches this worker's rotating stream drew before (epoch, first), epochs of `epoch_batches`."""
-        per_epoch = len(range(worker, self.start.epoch_batches or self.num_batches, num_workers))
+    def _replay_count(self, epoch: int, first: int, epoch_batches: int, worker: int, num_workers: int) -> int:
+        """Batches this worker's rotating stream drew before batch `first` of `epoch`, each earlier epoch
+        having taken `epoch_batches` batches (fewer than `num_batches` under `limit_train_batches`)."""
+        per_epoch = len(range(worker, min(epoch_batches or self.num_batches, self.num_batches), num_workers))
         return epoch * per_epoch + len(range(worker, first, num_workers))
 
 

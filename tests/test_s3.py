@@ -67,8 +67,10 @@ def test_record_info_and_fit_on_an_s3_store(s3, tmp_path, monkeypatch) -> None:
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert "pendulum/p.zarr/zarr.json" in keys and any(k.startswith("pendulum/p.zarr/obs/c/") for k in keys)
 
-    # The CLI in a fresh process, finding the endpoint and credentials in the environment.
-    info = subprocess.run([sys.executable, "-m", "data_pipeline", "info", url], cwd=tmp_path, env=subprocess_env(),
+    # The CLI in a fresh process, finding the endpoint and credentials in the environment, with the
+    # object-storage concurrency docs/cluster.md recommends.
+    env = {**subprocess_env(), "ZARR_ASYNC__CONCURRENCY": "32"}
+    info = subprocess.run([sys.executable, "-m", "data_pipeline", "info", url], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert info.returncode == 0, info.stderr[-3000:]
     assert "episodes: 4" in info.stdout and "steps: 804 rows" in info.stdout, info.stdout

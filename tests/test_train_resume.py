@@ -56,13 +56,15 @@ class _CrashAt(Callback):
             raise _Crash(f"crash at step {self.step}")
 
 
-def _fit(dm: WindowDataModule, root: Path, crash_at: int | None = None, ckpt: str | None = None) -> list:
+def _fit(dm: WindowDataModule, root: Path, crash_at: int | None = None, ckpt: str | None = None,
+         limit: int | None = None) -> list:
     model = _Recorder(dm.schema.obs_dim)
     callbacks: list[Callback] = [ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=3, save_top_k=-1)]
     if crash_at is not None:
         callbacks.append(_CrashAt(crash_at))
     trainer = L.Trainer(max_epochs=3, logger=False, callbacks=callbacks, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, default_root_dir=str(root))
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=str(root),
+                        limit_train_batches=limit)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -72,21 +74,24 @@ def _fit(dm: WindowDataModule, root: Path, crash_at: int | None = None, ckpt: st
     return model.seen
 
 
-@pytest.mark.parametrize(("cache_mb", "num_workers"), [(8.0, 0), (0.004, 0), (8.0, 2)],
-                         ids=["resident", "rotating", "resident-2-workers"])
-def test_window_stream_resumes_at_the_checkpointed_batch(tmp_path, tiny_store, cache_mb, num_workers) -> None:
+@pytest.mark.parametrize(("cache_mb", "num_workers", "limit"), [(8.0, 0, None), (0.004, 0, None), (8.0, 2, None),
+                                                             (0.004, 0, 4)],
+                         ids=["resident", "rotating", "resident-2-workers", "rotating-limit_train_batches"])
+def test_window_stream_resumes_at_the_checkpointed_batch(tmp_path, tiny_store, cache_mb, num_workers, limit) -> None:
     tiny = tiny_store(episodes=[60] * 8, chunk_steps=16)
 
     def dm() -> WindowDataModule:
         return WindowDataModule(tiny.path, window=8, batch_size=4, batches_per_epoch=5, val_batches=1,
                                 cache_mb=cache_mb, num_workers=num_workers, val_fraction=0.0, test_fraction=0.0)
 
-    full = _fit(dm(), tmp_path / "full")
-    assert len(full) == 15 and len({b for _, b in full}) == 15
-    crashed = _fit(dm(), tmp_path / "crash", crash_at=8)  # last checkpoint at step 6: epoch 1, batch 1
+    total = 3 * (limit or 5)
+    full = _fit(dm(), tmp_path / "full", limit=limit)
+    assert len(full) == total and len({b for _, b in full}) == total
+    # The last checkpoint before the crash is step 6: batch 1 (or 2, with epochs of 4) of epoch 1.
+    crashed = _fit(dm(), tmp_path / "crash", crash_at=8, limit=limit)
     assert [s for s, _ in crashed] == list(range(8))
-    resumed = _fit(dm(), tmp_path / "crash", ckpt=str(tmp_path / "crash" / "last.ckpt"))
-    assert [s for s, _ in resumed] == list(range(6, 15))
+    resumed = _fit(dm(), tmp_path / "crash", ckpt=str(tmp_path / "crash" / "last.ckpt"), limit=limit)
+    assert [s for s, _ in resumed] == list(range(6, total))
     assert [b for _, b in crashed[:6] + resumed] == [b for _, b in full], "the resumed run saw other windows"
 
 
