@@ -129,16 +129,16 @@ class TwinCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "policy":
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given and given[0] == "policy":
         from envs.policy import main as policy_main
 
-        policy_main(argv[1:])
+        policy_main(given[1:])
         return
     TwinCLI(
         WorldModelModule,
         WindowDataModule,
-        args=argv,
+        args=argv,  # None: LightningCLI reads sys.argv itself
         seed_everything_default=0,
         save_config_callback=None,  # the resolved config goes to MLflow and the run folder instead
         trainer_defaults={
