@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,6 +35,10 @@ from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows import WINDOW_VARS, ChunkCache, WindowSampler, to_batch
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from common import append_rows, machine  # noqa: E402  (benchmarks/common.py)
+
+VERSIONS = f"zarr {zarr.__version__}"
 
 
 def make_episodes(steps: int, episode_steps: int, channels: int, action_dim: int, seed: int) -> list[Episode]:
@@ -197,29 +199,6 @@ def bench_memory(path: Path, store_mb: float, window: int, batch: int, n_batches
             "batch_mb": r["batch_bytes"] / mb, "passes": r["passes"], "ms_per_batch": r["ms_per_batch"]}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
-    return (f"{os.cpu_count()}-core {cpu} (load avg {load:.1f}), Python {platform.python_version()}, "
-            f"zarr {zarr.__version__}")
-
-
-def record(out: Path, rows: list[list[str]]) -> None:
-    if not out.exists():
-        out.write_text(
-            "# Benchmarks\n\nOne row per measurement; `ratio` is the result over its baseline"
-            " (higher is better). Rerun the command on the machine named to reproduce.\n\n"
-            "| date | benchmark | machine | command | result | baseline | ratio | target |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        )
-    with out.open("a") as f:
-        for row in rows:
-            f.write("| " + " | ".join(row) + " |\n")
 
 
 def main() -> None:
@@ -267,7 +246,7 @@ def main() -> None:
 
     n = ingest["rows"]
     print(f"store: {n} rows, {args.channels} obs + {args.action_dim} action channels, "
-          f"{sampling['store_mb']:.0f} MiB of window variables; machine: {machine()}")
+          f"{sampling['store_mb']:.0f} MiB of window variables; machine: {machine(VERSIONS)}")
     table = [
         ("(a) ingest rows/s", f"append {ingest['append_rows_s']:,.0f} ({per_append} episodes per call)",
          f"bulk write {ingest['bulk_rows_s']:,.0f}", f"{ingest['ratio']:.2f}x", "≥ 0.5x"),
@@ -295,8 +274,9 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=ROOT).stdout.strip() or "?"
         date = dt.date.today().isoformat()
-        record(args.out, [[date, f"bench_data {name}", machine(), f"`{command}` ({n:,} rows, at {commit})", *rest]
-                          for name, *rest in table])
+        where = machine(VERSIONS)
+        append_rows(args.out, [[date, f"bench_data {name}", where, f"`{command}` ({n:,} rows, at {commit})", *rest]
+                               for name, *rest in table])
         print(f"results: {args.out}")
 
 

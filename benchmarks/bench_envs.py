@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,30 +43,9 @@ from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel  # noqa: E402
 
 ENV_ID = "HalfCheetah-v5"
 
+from common import append_rows, machine  # noqa: E402  (benchmarks/common.py)
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
-    return (f"{os.cpu_count()}-core {cpu} (load avg {load:.1f}), Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
-
-
-def append_rows(out: Path, rows: list[list[str]]) -> None:
-    if not out.exists():
-        out.write_text(
-            "# Benchmarks\n\nOne row per measurement; `ratio` is the result over its baseline"
-            " (higher is better). Rerun the command on the machine named to reproduce.\n\n"
-            "| date | benchmark | machine | command | result | baseline | ratio | target |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        )
-    with out.open("a") as f:
-        for row in rows:
-            f.write("| " + " | ".join(row) + " |\n")
+VERSIONS = f"torch {torch.__version__}"
 
 
 def rate(step: Callable[[], None], batch: int, seconds: float, min_steps: int = 3) -> float:
@@ -156,7 +134,7 @@ def main() -> None:
                 results[precision, n] = (env_best, raw_best)
 
     print(f"\nWorldModelVectorEnv over the default ensemble, {ENV_ID}-shaped data (17 obs, 6 actions); "
-          f"device {args.device}, torch threads {torch.get_num_threads()}; machine: {machine()}")
+          f"device {args.device}, torch threads {torch.get_num_threads()}; machine: {machine(VERSIONS)}")
     print(f"real {ENV_ID} simulator, one env in a Python loop: {sim:,.0f} steps/s\n")
     print(f"{'precision':>10} {'num_envs':>8} {'env steps/s':>13} {'raw steps/s':>13} {'overhead':>9} {'env/sim':>8}")
     for (precision, n), (env_r, raw_r) in results.items():
@@ -170,7 +148,7 @@ def main() -> None:
 
     if not args.no_record:
         today = dt.date.today().isoformat()
-        where = f"{machine()}, {args.device}, {torch.get_num_threads()} threads"
+        where = f"{machine(VERSIONS)}, {args.device}, {torch.get_num_threads()} threads"
         cmd = "`python " + " ".join(["benchmarks/bench_envs.py", *sys.argv[1:]]) + "`"
         rows = []
         for (precision, n), (env_r, raw_r) in results.items():

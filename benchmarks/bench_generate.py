@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -37,6 +35,10 @@ from data_pipeline.windows import normalization_for, split_episodes  # noqa: E40
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel  # noqa: E402
 
 INTERVENTIONS = 10  # factual, 8 constant torques, half gain
+
+from common import append_rows, machine  # noqa: E402  (benchmarks/common.py)
+
+VERSIONS = f"torch {torch.__version__}"
 
 
 def spec_text(starts: int, samples: int, horizon: int, block: int) -> str:
@@ -89,29 +91,6 @@ def bench_generate(model: EnsembleWorldModel, store: TrajectoryStore, text: str,
         del model.step
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg()[0]
-    return (f"{os.cpu_count()}-core {cpu} (load avg {load:.1f}), Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
-
-
-def append_rows(out: Path, rows: list[list[str]]) -> None:
-    if not out.exists():
-        out.write_text(
-            "# Benchmarks\n\nOne row per measurement; `ratio` is the result over its baseline"
-            " (higher is better). Rerun the command on the machine named to reproduce.\n\n"
-            "| date | benchmark | machine | command | result | baseline | ratio | target |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        )
-    with out.open("a") as f:
-        for row in rows:
-            f.write("| " + " | ".join(row) + " |\n")
 
 
 def main() -> None:
@@ -151,7 +130,7 @@ def main() -> None:
     overhead = gen_s / raw_s
     print(f"{args.scenarios} scenarios x {args.samples} samples x {args.horizon} steps = {steps:,} "
           f"scenario-steps; blocks of {per_block} scenarios ({blocks[0]} trajectories); "
-          f"torch threads {torch.get_num_threads()}; machine: {machine()}")
+          f"torch threads {torch.get_num_threads()}; machine: {machine(VERSIONS)}")
     print(f"{'path':<34} {'seconds':>9} {'scenario-steps/s':>18}")
     print(f"{'generate (end to end, Zarr out)':<34} {gen_s:>9.1f} {gen_rate:>18,.0f}")
     print(f"{'raw model.step loop':<34} {raw_s:>9.1f} {raw_rate:>18,.0f}")
@@ -161,7 +140,7 @@ def main() -> None:
           f"model.step time (target ≤ 1.5x: {verdict})")
     if not args.no_record:
         command = "python benchmarks/bench_generate.py" + "".join(f" {a}" for a in sys.argv[1:])
-        append_rows(args.out, [[dt.date.today().isoformat(), "bench_generate scenario-steps/s", machine(),
+        append_rows(args.out, [[dt.date.today().isoformat(), "bench_generate scenario-steps/s", machine(VERSIONS),
                                 f"`{command}` ({args.scenarios} x {args.samples} x {args.horizon})",
                                 f"generate {gen_rate:,.0f}", f"raw model.step {raw_rate:,.0f}",
                                 f"{raw_s / gen_s:.2f}x (overhead {overhead:.2f}x; {gen_s / in_step_s:.2f}x "
