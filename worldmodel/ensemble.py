@@ -39,6 +39,9 @@ class EnsembleConfig:
     """Initial upper soft bound of the predicted log-variance (learned)."""
     plausible_margin: float = 0.25
     """Imagined observations stay within the recorded range widened by this fraction of it."""
+    noise_scale: float = 1.0
+    """Scale of the aleatoric noise drawn at each imagined step (1: the learned variance; 0: members'
+    means only, so the spread of rollouts is purely epistemic)."""
 
     @classmethod
     def preset(cls, name: str) -> EnsembleConfig:
@@ -150,7 +153,7 @@ class EnsembleWorldModel(WorldModel):
         own_mean = elite_mean[own, rows]  # (B, D+1)
         own_std = (0.5 * elite_logvar[own, rows]).exp()
         noise = torch.randn(own_mean.shape, generator=generator, device="cpu").to(own_mean.device)
-        sample = own_mean + own_std * noise
+        sample = own_mean + self.config.noise_scale * own_std * noise
         # Predictive spread: the own member's noise and the elites' disagreement.
         epistemic = elite_mean.std(0, unbiased=False) if self.config.elites > 1 else torch.zeros_like(own_mean)
         total_std = (own_std**2 + epistemic**2).sqrt()
