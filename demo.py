@@ -28,15 +28,15 @@ import numpy as np
 def run(cmd: list[str]) -> dict[str, str]:
     """Run a command, stream its output, and return its `key: value` result lines."""
     print("\n$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
-    print(proc.stdout, end="", flush=True)
+    out = {}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stdout:  # shown as it comes, so long steps show their progress
+            print(line, end="", flush=True)
+            key, sep, value = line.partition(": ")
+            if sep and key and " " not in key:
+                out[key] = value.strip()
     if proc.returncode != 0:
         raise SystemExit(f"demo: step failed with exit code {proc.returncode}: {' '.join(cmd)}")
-    out = {}
-    for line in proc.stdout.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key and " " not in key:
-            out[key] = value.strip()
     return out
 
 
