@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
+import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -79,6 +80,8 @@ class PolicyConfig:
     """Where the policy zip, checkpoints and refit models go."""
     checkpoint_every: int = 5_000
     """Learned-env steps between resumable checkpoints."""
+    torch_threads: int = 1
+    """CPU threads for the agent's updates: small MLPs are fastest on one (more only spin on a busy machine)."""
     experiment: str = "twinworld"
     """MLflow experiment."""
     registered_policy_name: str = "twinworld-policy"
@@ -172,6 +175,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
     from worldmodel.io import resolve_model_file
     from worldmodel.tracking import BufferedMLflowLogger, tracking_uri
 
+    torch.set_num_threads(cfg.torch_threads)
     if not cfg.model or not cfg.store:
         raise ValueError("policy: --model and --store are required (the store the rollouts start from)")
     if cfg.iterations > 1 and not cfg.real_env:
