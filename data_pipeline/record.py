@@ -27,7 +27,7 @@ from data_pipeline.schema import DISCRETE_FILL, Episode, StoreSchema
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.validate import check_schema_matches
 
-FLUSH_BYTES = 8 << 20  # finished episodes are appended once they hold this much data
+FLUSH_BYTES = 32 << 20  # finished episodes are appended once they hold this much data (fewer, larger appends)
 
 _CHEETAH_JOINTS = ["bthigh", "bshin", "bfoot", "fthigh", "fshin", "ffoot"]
 
