@@ -32,8 +32,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from data_pipeline.policies import make_policy
-from data_pipeline.scenario_spec import (
+from data_pipeline.schema import StoreSchema
+from data_pipeline.store import TrajectoryStore
+from data_pipeline.windows import split_episodes
+from policies.behaviour import make_policy
+from scenarios.spec import (
     EveryStart,
     ExplicitStart,
     HistoryStart,
@@ -43,7 +46,7 @@ from data_pipeline.scenario_spec import (
     ScenarioSpecError,
     load_spec,
 )
-from data_pipeline.scenario_store import (
+from scenarios.store import (
     ScenarioIndex,
     ScenarioWriter,
     block_ranges,
@@ -53,9 +56,6 @@ from data_pipeline.scenario_store import (
     plot_fans,
     summarize,
 )
-from data_pipeline.schema import StoreSchema
-from data_pipeline.store import TrajectoryStore
-from data_pipeline.windows import split_episodes
 from worldmodel.interface import Prediction, WorldModel
 
 PRINT_HORIZONS = (1, 5, 10, 25, 50)
@@ -447,7 +447,7 @@ def model_run_id(source: str) -> str | None:
     if source.startswith("models:/"):
         from mlflow import MlflowClient
 
-        from worldmodel.tracking import tracking_uri
+        from tracking.logger import tracking_uri
 
         client = MlflowClient(tracking_uri())
         ref = source[len("models:/") :].strip("/").split("/")
@@ -480,7 +480,7 @@ def track(args: argparse.Namespace, spec: ScenarioSpec, fingerprint: str, n_scen
     import mlflow
     from mlflow.entities import Metric
 
-    from worldmodel.tracking import configure_client, tracking_uri
+    from tracking.logger import configure_client, tracking_uri
 
     configure_client()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     if args.model.startswith(("runs:/", "models:/")):
         import mlflow
 
-        from worldmodel.tracking import tracking_uri
+        from tracking.logger import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri())
     import worldmodel

@@ -25,8 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from data_pipeline.datamodule import WindowDataModule
+from tracking.logger import BufferedMLflowLogger
 from worldmodel.lightning import WorldModelModule
-from worldmodel.tracking import BufferedMLflowLogger
 
 
 def _slug(text: str) -> str:
@@ -96,7 +96,7 @@ class TwinCLI(LightningCLI):
         })
 
     def after_fit(self) -> None:
-        from worldmodel.publish import publish_model
+        from tracking.publish import publish_model
 
         if not self.trainer.is_global_zero:  # under DDP, rank 0 alone evaluates, logs and registers the model
             return
@@ -131,7 +131,7 @@ class TwinCLI(LightningCLI):
 def main(argv: list[str] | None = None) -> None:
     given = list(sys.argv[1:] if argv is None else argv)
     if given and given[0] == "policy":
-        from envs.policy import main as policy_main
+        from policies.trainer import main as policy_main
 
         policy_main(given[1:])
         return

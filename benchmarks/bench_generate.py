@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing it
 
 from data_pipeline.record import record  # noqa: E402
-from data_pipeline.scenario_spec import parse_spec_text  # noqa: E402
 from data_pipeline.store import TrajectoryStore  # noqa: E402
 from data_pipeline.windows import normalization_for, split_episodes  # noqa: E402
+from scenarios.spec import parse_spec_text  # noqa: E402
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel  # noqa: E402
 
 INTERVENTIONS = 10  # factual, 8 constant torques, half gain

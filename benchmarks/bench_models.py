@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_pipeline.datamodule import WindowDataModule  # noqa: E402
+from tracking.publish import evaluate_split  # noqa: E402
 from worldmodel.evaluation import format_table  # noqa: E402
 from worldmodel.lightning import WorldModelModule, build_model  # noqa: E402
-from worldmodel.publish import evaluate_split  # noqa: E402
 
 WINDOWS = {"ensemble": 16, "rssm": 50, "diffusion": 16}
 BATCH = {"ensemble": 32, "rssm": 16, "diffusion": 32}

@@ -181,8 +181,8 @@ def vector_env(model: Any, store: str, num_envs: int, steps: int, device: torch.
 # ------------------------------------------------------------------------------------------- generator
 def scenarios(model: Any, store_path: str, sizes: Sizes, workdir: Path, device: torch.device) -> Row:
     import generate
-    from data_pipeline.scenario_spec import parse_spec_text
     from data_pipeline.store import TrajectoryStore
+    from scenarios.spec import parse_spec_text
 
     torques = np.linspace(-2, 2, 8)
     lines = [f"horizon: {sizes.horizon}", f"samples: {sizes.samples}", "seed: 0", "context: 8",

@@ -22,10 +22,10 @@ from gymnasium import spaces
 from PIL import Image
 from tqdm import tqdm
 
-from data_pipeline.policies import make_policy
 from data_pipeline.schema import DISCRETE_FILL, Episode, StoreSchema
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.validate import check_schema_matches
+from policies.behaviour import make_policy
 
 FLUSH_BYTES = 32 << 20  # finished episodes are appended once they hold this much data (fewer, larger appends)
 

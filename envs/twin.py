@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from data_pipeline.policies import import_function
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
 from envs.render import Trace
 from envs.starts import DEFAULT_CACHE_BYTES, History, RecordedStarts
+from policies.behaviour import import_function
 from worldmodel.interface import State, WorldModel, index_state, merge_state
 
 Termination = Literal["threshold", "sample", "never"]

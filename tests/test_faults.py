@@ -27,8 +27,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from data_pipeline.batch import Batch
 from data_pipeline.datamodule import WindowDataModule
 from data_pipeline.store import StoreCorruptionError
+from tracking.logger import BufferedMLflowLogger
 from worldmodel.lightning import LAST_GOOD, WorldModelModule
-from worldmodel.tracking import BufferedMLflowLogger
 
 
 def _datamodule(path: str, **kwargs: object) -> WindowDataModule:

@@ -21,9 +21,9 @@ import zarr
 import generate
 from data_pipeline.eval_windows import eval_windows
 from data_pipeline.record import record
-from data_pipeline.scenario_spec import Condition, Outcome, ScenarioSpecError, load_spec, parse_spec_text
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows import normalization_for, split_episodes
+from scenarios.spec import Condition, Outcome, ScenarioSpecError, load_spec, parse_spec_text
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 from worldmodel.evaluation import evaluate, rollout_samples
 from worldmodel.interface import WorldModel
@@ -297,7 +297,7 @@ def test_factual_scenarios_reproduce_the_model_evaluation(trained: Trained, tmp_
     block_seed = generate.block_seed(seed, 0)  # all scenarios fit one block
     expected = rollout_samples(trained.model, windows, context, horizon, samples, block_seed)
     np.testing.assert_array_equal(ds["obs"].values, expected.numpy())
-    from data_pipeline.scenario_store import summarize
+    from scenarios.store import summarize
 
     _, calibration = summarize(out, spec)
     horizons = (1, 5, 10, 20)

@@ -21,7 +21,7 @@ from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.stream import Block
-from envs.live import LiveMirror, ScoreStore, Twin
+from twin.live import LiveMirror, ScoreStore, Twin
 from worldmodel.anomaly import (
     LOG_SQRT_2PI,
     AnomalyConfig,
@@ -111,9 +111,9 @@ def test_track_equals_observe_then_predict(tiny_schema, kind: str) -> None:
 
 def test_history_hands_the_state_to_the_env_and_generate(tiny_store, tmp_path: Path) -> None:
     import envs  # noqa: F401  (registers WorldModel-v0)
-    from data_pipeline.scenario_spec import HistoryStart
     from envs.world_model_env import WorldModelEnv
     from generate import _read_history
+    from scenarios.spec import HistoryStart
 
     tiny = tiny_store(episodes=2, obs_dim=3, action_dim=2)
     model = tiny_model("ensemble", tiny.schema)
@@ -220,7 +220,7 @@ def test_mlflow_log_records_live_metrics(tiny_schema, tmp_path: Path, monkeypatc
     from mlflow import MlflowClient
 
     from data_pipeline.stream import StreamStats
-    from envs.live import MlflowLog
+    from twin.live import MlflowLog
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -52,8 +52,8 @@ def _copy_store(src: str, dst: Path) -> str:
 
 def test_policy_trains_and_acts_in_real_env(tiny_model: tuple[str, Path], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from data_pipeline.policies import load_sb3
-    from envs.policy import PolicyConfig, train_policy
+    from policies.behaviour import load_sb3
+    from policies.trainer import PolicyConfig, train_policy
 
     model, work = tiny_model
     monkeypatch.chdir(tmp_path)
@@ -83,7 +83,7 @@ def test_policy_trains_and_acts_in_real_env(tiny_model: tuple[str, Path], tmp_pa
 
 def test_loop_iteration_appends_committed_episodes_and_refits(tiny_model: tuple[str, Path], tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from envs.policy import PolicyConfig, train_policy
+    from policies.trainer import PolicyConfig, train_policy
 
     model, _ = tiny_model
     monkeypatch.chdir(tmp_path)

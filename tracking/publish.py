@@ -14,12 +14,13 @@ from typing import Any
 import mlflow
 
 from data_pipeline.eval_windows import split_eval_windows
+from tracking.logger import BufferedMLflowLogger, tracking_uri
 from worldmodel.evaluation import evaluate, format_table
 from worldmodel.interface import WorldModel
 from worldmodel.io import MODEL_FILE
-from worldmodel.tracking import BufferedMLflowLogger, tracking_uri
 
-PACKAGE_DIRS = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "data_pipeline"]
+# The pyfunc (tracking/pyfunc.py) rebuilds the model through these packages, bundled as code.
+PACKAGE_DIRS = [Path(__file__).resolve().parent.parent / name for name in ("worldmodel", "data_pipeline", "tracking")]
 
 
 def evaluate_split(model: WorldModel, datamodule: Any, split: str, context: int, horizons: tuple[int, ...],

@@ -30,8 +30,8 @@ import pandas as pd
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from data_pipeline.scenario_spec import ScenarioSpec
 from data_pipeline.schema import StoreSchema
+from scenarios.spec import ScenarioSpec
 
 LAYOUT_VERSION = "1.0"
 _SAMPLE_VARS = ("obs", "action", "reward", "terminated", "uncertainty")

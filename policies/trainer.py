@@ -169,11 +169,11 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
     """Run the (model-based) policy training loop; return the printed outputs."""
     import mlflow
 
-    from data_pipeline.policies import load_sb3
     from data_pipeline.record import record
     from envs.sb3 import make_sb3_env
+    from policies.behaviour import load_sb3
+    from tracking.logger import BufferedMLflowLogger, tracking_uri
     from worldmodel.io import resolve_model_file
-    from worldmodel.tracking import BufferedMLflowLogger, tracking_uri
 
     torch.set_num_threads(cfg.torch_threads)
     if not cfg.model or not cfg.store:
@@ -260,7 +260,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
         mlflow.log_artifact(str(out / "learning_curve.json"), artifact_path="policy")
         info = mlflow.pyfunc.log_model(
             name="policy_model",
-            python_model=str(Path(__file__).with_name("policy_pyfunc.py")),
+            python_model=str(Path(__file__).with_name("pyfunc.py")),
             artifacts={"policy": str(policy_path)},
             pip_requirements=["stable-baselines3", "torch==2.13.0", "numpy"],
             registered_model_name=cfg.registered_policy_name or None,

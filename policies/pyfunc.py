@@ -15,7 +15,7 @@ class PolicyPyfunc(mlflow.pyfunc.PythonModel):
     """Deterministic actions of a trained policy."""
 
     def load_context(self, context: Any) -> None:
-        from data_pipeline.policies import load_sb3
+        from policies.behaviour import load_sb3
 
         self.agent = load_sb3(context.artifacts["policy"])
 

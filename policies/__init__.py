@@ -1,0 +1,1 @@
+"""Intervention policies: behaviour policies, the model-based policy loop, safe policy files."""

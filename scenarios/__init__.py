@@ -1,0 +1,1 @@
+"""Counterfactual scenarios: spec, starts, rollout, the scenario store, summaries and plots."""

@@ -1,0 +1,1 @@
+"""MLflow tracking: the buffered logger, lineage and model publishing."""
