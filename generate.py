@@ -438,40 +438,6 @@ def generate(
 
 
 # ------------------------------------------------------------------------------------------ tracking
-def model_run_id(source: str) -> str | None:
-    """The MLflow run that produced a model: from a `runs:/` or `models:/` URI, or the `mlflow_run_id`
-    file train.py leaves beside a model file."""
-    match = re.match(r"runs:/([^/]+)", source)
-    if match:
-        return match[1]
-    if source.startswith("models:/"):
-        from mlflow import MlflowClient
-
-        from tracking.logger import tracking_uri
-
-        client = MlflowClient(tracking_uri())
-        ref = source[len("models:/") :].strip("/").split("/")
-        try:
-            if "@" in ref[0]:
-                name, alias = ref[0].split("@", 1)
-                return client.get_model_version_by_alias(name, alias).run_id
-            if len(ref) > 1 and ref[1].isdigit():
-                return client.get_model_version(ref[0], ref[1]).run_id
-            if ref[0].startswith("m-"):
-                return client.get_logged_model(ref[0]).source_run_id
-            versions = client.search_model_versions(f"name='{ref[0]}'")
-            return max(versions, key=lambda v: int(v.version)).run_id if versions else None
-        except Exception as err:  # lineage is a tag: a lookup failure must not lose the scenarios
-            print(f"generate: cannot resolve the run of {source} ({type(err).__name__}: {err})",
-                  file=sys.stderr)
-            return None
-    path = Path(source)
-    marker = (path if path.is_dir() else path.parent) / "mlflow_run_id"
-    if not marker.exists():
-        return None
-    return marker.read_text().strip() or None
-
-
 def track(args: argparse.Namespace, spec: ScenarioSpec, fingerprint: str, n_scenarios: int,
           files: dict[str, Path], plot_dir: Path | None, table: pd.DataFrame,
           calibration: pd.DataFrame) -> str:
@@ -480,6 +446,7 @@ def track(args: argparse.Namespace, spec: ScenarioSpec, fingerprint: str, n_scen
     import mlflow
     from mlflow.entities import Metric
 
+    from tracking.lineage import lineage_tags
     from tracking.logger import configure_client, tracking_uri
 
     configure_client()
@@ -487,10 +454,7 @@ def track(args: argparse.Namespace, spec: ScenarioSpec, fingerprint: str, n_scen
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(args.experiment)
     tags = {"twinworld.stage": "scenarios", "twinworld.model_uri": args.model, "data.store": args.store,
-            "data.fingerprint": fingerprint}
-    run_of_model = model_run_id(args.model)
-    if run_of_model:
-        tags["twinworld.model_run_id"] = run_of_model
+            "data.fingerprint": fingerprint, **lineage_tags(args.model)}
     metrics: dict[str, float] = {}
     for col in [c for c in table.columns if c.startswith("P(") and not c.endswith(":diff")]:
         check = col[2:-1]

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import StoreLockedError, TrajectoryStore
+from data_pipeline.store.paths import is_url
 from data_pipeline.windows import (
     FixedWindows,
     WindowSampler,
@@ -264,7 +265,7 @@ class WindowDataModule(L.LightningDataModule):
     def _open_for_cache(self) -> TrajectoryStore:
         """The store open for writing when that is safe (local, unlocked, writable), else read-only."""
         path = self.store_path
-        if "://" not in path or path.startswith("file://"):  # object stores have no lock to respect
+        if not is_url(path):  # object stores have no lock to respect
             with contextlib.suppress(StoreLockedError, PermissionError, OSError):
                 return TrajectoryStore.open(path, mode="a")
         return TrajectoryStore.open(path, storage_options=self.storage_options)

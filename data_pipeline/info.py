@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from data_pipeline.schema import EPISODE_VARS
 from data_pipeline.stats import channel_stats
-from data_pipeline.store import (
-    CHANNEL_COORDS,
-    EPISODE_VARS,
-    StoreCorruptionError,
-    TrajectoryStore,
-    _local_path,
-)
+from data_pipeline.store import CHANNEL_COORDS, StoreCorruptionError, TrajectoryStore
+from data_pipeline.store.paths import local_path
 
 
 def _fmt_time(ns: int) -> str:
@@ -80,7 +76,7 @@ def describe(path: str, stats: bool = True) -> str:
 
 def _missing_chunks(store: TrajectoryStore, name: str, end: int) -> list[int]:
     """Chunks along `step` that hold committed rows but have no file (local stores only)."""
-    local = _local_path(store.path)
+    local = local_path(store.path)
     arr = store.array(name)
     if local is None or end == 0:
         return []

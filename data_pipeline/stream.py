@@ -43,6 +43,7 @@ from data_pipeline.ingest import _resample_group
 from data_pipeline.ingest_spec import TIME_UNITS, IngestSpec
 from data_pipeline.schema import DISCRETE_FILL, StoreSchema
 from data_pipeline.store import EpisodeStream, TrajectoryStore
+from data_pipeline.store.paths import is_url
 
 
 class StreamDataError(ValueError):
@@ -654,7 +655,7 @@ def open_or_create(out: str, spec: IngestSpec, spec_path: str, source: str) -> T
     if spec.reward is None:
         provenance["reward"] = "no reward column in the spec: reward stored as 0"
     schema = spec.schema(provenance)
-    local = None if "://" in out else out
+    local = None if is_url(out) else out
     if local is None or (os.path.exists(os.path.join(local, "zarr.json"))):
         try:
             store = TrajectoryStore.open(out, mode="a")

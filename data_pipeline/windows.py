@@ -23,6 +23,7 @@ import numpy as np
 from data_pipeline.batch import Batch, Normalization
 from data_pipeline.stats import channel_stats
 from data_pipeline.store import TrajectoryStore
+from data_pipeline.store.paths import is_url
 
 # What a Batch needs from the store; `time` and `truncated` are not part of a training window.
 WINDOW_VARS = ("obs", "image", "action", "reward", "terminated", "is_first", "is_last")
@@ -190,7 +191,7 @@ class ChunkCache:
         # Dry mode keeps the bookkeeping (which chunk sits in which slot) but reads nothing: a resumed
         # sampler replays its rotations this way and then `reload`s only the chunks it ends up holding.
         self.dry = False
-        local = "://" not in store.path or store.path.startswith("file://")
+        local = not is_url(store.path)
         self.run_chunks = LOCAL_RUN_CHUNKS if local else REMOTE_RUN_CHUNKS
 
     @staticmethod

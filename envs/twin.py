@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from data_pipeline.hooks import import_function
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
 from envs.render import Trace
 from envs.starts import DEFAULT_CACHE_BYTES, History, RecordedStarts
-from policies.behaviour import import_function
 from worldmodel.interface import State, WorldModel, index_state, merge_state
 
 Termination = Literal["threshold", "sample", "never"]
@@ -205,9 +205,8 @@ class BatchedTwin:
             # Initial states come from the full batch so models that spread something over the batch
             # (the ensemble's members) keep sub-env i on the same share whichever sub-envs reset.
             fresh = index_state(self.model.initial_state(self.num_envs), rows)
-            resample = getattr(self.model, "resample_members", None)
-            if resample is not None:  # ensemble trajectory sampling: each episode follows a random elite
-                fresh = resample(fresh, self.generator)
+            if self.model.supports_member_resampling:  # trajectory sampling: each episode follows a random elite
+                fresh = self.model.resample_members(fresh, self.generator)
             fresh = self.model.observe(fresh, obs, prev, first)
             if self.state is None or len(index) == self.num_envs and np.array_equal(index, np.arange(self.num_envs)):
                 self.state = fresh

@@ -6,7 +6,6 @@ Every policy maps a batch of observations (batch, *obs_shape) to a batch of acti
 
 from __future__ import annotations
 
-import importlib
 import json
 import zipfile
 from collections.abc import Callable
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from gymnasium import spaces
+
+from data_pipeline.hooks import import_function
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -39,21 +40,6 @@ def load_sb3(path: str | Path, device: str = "cpu"):  # noqa: ANN201 - returns a
 
     algo = getattr(stable_baselines3, sb3_algorithm_of(path))
     return algo.load(str(path), device=device)
-
-
-def import_function(spec: str) -> Callable:
-    """Import `package.module:function`; a clear error if either part is missing."""
-    if ":" not in spec:
-        raise ValueError(f"{spec!r}: expected 'module:function'")
-    module_name, func_name = spec.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"{spec!r}: cannot import module {module_name!r} ({err})") from err
-    try:
-        return getattr(module, func_name)
-    except AttributeError:
-        raise ValueError(f"{spec!r}: module {module_name!r} has no attribute {func_name!r}") from None
 
 
 def make_policy(spec: str, action_space: spaces.Space, seed: int | None = None) -> Policy:

@@ -18,7 +18,6 @@ iteration, model).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from stable_baselines3.common.callbacks import BaseCallback
 
 from data_pipeline.store import TrajectoryStore
+from data_pipeline.store.files import atomic_write
 
 
 @dataclass
@@ -142,21 +142,6 @@ def refit(model_path: str, store_path: str, cfg: PolicyConfig, out: Path, iterat
     return str(path)
 
 
-def _resolve_model_run(model: str) -> str | None:
-    """The MLflow run that produced a model URI (for lineage tags), if any."""
-    try:
-        if model.startswith("runs:/"):
-            return model.split("/")[1]
-        if model.startswith("models:/"):
-            from mlflow import MlflowClient
-
-            name, version = model[len("models:/"):].split("/")[:2]
-            return MlflowClient().get_model_version(name, version).run_id
-    except Exception:  # lineage is best effort; the run still trains
-        return None
-    return None
-
-
 def _make_agent(cfg: PolicyConfig, venv: Any) -> Any:
     import stable_baselines3
 
@@ -172,6 +157,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
     from data_pipeline.record import record
     from envs.sb3 import make_sb3_env
     from policies.behaviour import load_sb3
+    from tracking.lineage import lineage_tags
     from tracking.logger import BufferedMLflowLogger, tracking_uri
     from worldmodel.io import resolve_model_file
 
@@ -192,7 +178,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
     tracker = BufferedMLflowLogger(
         experiment_name=cfg.experiment, run_name=f"policy-{cfg.algorithm}-s{cfg.seed}", run_id=state.get("run_id"),
         tags={"twinworld.stage": "policy", "twinworld.model_uri": cfg.model, "data.store": cfg.store,
-              **({"twinworld.model_run_id": r} if (r := _resolve_model_run(cfg.model)) else {})})
+              **lineage_tags(cfg.model)})
     if "run_id" not in state:
         state["run_id"] = tracker.run_id
         tracker.log_hyperparams({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in asdict(cfg).items()})
@@ -240,7 +226,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
         state["curve"].append({"iteration": iteration, **metrics})
         print(f"[policy] iteration {iteration}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()), flush=True)
         venv.close()
-        _atomic(agent_file, agent.save)
+        atomic_write(agent_file, agent.save)
 
         if iteration < cfg.iterations - 1:
             # Collect real data with the current policy, then refit the model on the grown store.
@@ -249,7 +235,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
                    progress=False).close()
             state["model"] = refit(state["model"], cfg.store, cfg, out, iteration)
         state["iteration"] = iteration + 1
-        _atomic(state_file, lambda p: Path(p).write_text(json.dumps(state)))
+        atomic_write(state_file, lambda p: Path(p).write_text(json.dumps(state)))
 
     policy_path = out / "policy.zip"
     agent.save(policy_path)
@@ -291,19 +277,12 @@ class _IterationCheckpoint(BaseCallback):
         steps = self.done + self.num_timesteps - self.start
         if self.every and steps // self.every > (steps - n) // self.every:
             # Agent and buffer first, the state file last: it is the checkpoint's commit point.
-            _atomic(self.agent_file, self.model.save)
+            atomic_write(self.agent_file, self.model.save)
             if hasattr(self.model, "save_replay_buffer"):
-                _atomic(self.buffer_file, self.model.save_replay_buffer)
+                atomic_write(self.buffer_file, self.model.save_replay_buffer)
             self.state.update(iteration=self.iteration, iteration_steps=steps)
-            _atomic(self.state_file, lambda p: Path(p).write_text(json.dumps(self.state)))
+            atomic_write(self.state_file, lambda p: Path(p).write_text(json.dumps(self.state)))
         return True
-
-
-def _atomic(path: Path, write: Any) -> None:
-    """Write through a temporary file and rename, so a kill mid-write never leaves a torn file."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -20,7 +20,6 @@ Arrays are chunked by blocks of scenarios, so ranks write disjoint chunks of one
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from data_pipeline.schema import StoreSchema
+from data_pipeline.store.codecs import compressors, consolidate
 from scenarios.spec import ScenarioSpec
 
 LAYOUT_VERSION = "1.0"
@@ -89,7 +88,7 @@ def create_scenario_store(
         raise FileExistsError(f"{path} already exists; pass --overwrite or choose another --out")
     group = zarr.open_group(path, mode="w", zarr_format=3)
     n, d, a = len(index), schema.obs_dim, schema.action_dim
-    codecs: dict[str, Any] = {"compressors": [ZstdCodec(level=1), Crc32cCodec()]}
+    codecs = compressors(1)
     coord_names = " ".join([*_SCENARIO_COORDS, "time_s", "obs_unit", "action_unit"])
 
     def data(name: str, dims: list[str], shape: tuple[int, ...], dtype: Any, fill: Any) -> None:
@@ -145,9 +144,7 @@ def finish_scenario_store(path: str | Path) -> None:
     """Mark the store complete and consolidate its metadata (after every block is written)."""
     group = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
     group.attrs["complete"] = True
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
-        zarr.consolidate_metadata(group.store, zarr_format=3)
+    consolidate(group)
 
 
 # ------------------------------------------------------------------------------------------- summary

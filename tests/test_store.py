@@ -398,7 +398,7 @@ def test_create_takes_the_lock(tiny_store):
 CRASHING_WRITER = """
     import os, signal, sys
     from conftest import make_tiny_episodes, make_tiny_schema
-    from data_pipeline import store as store_mod
+    from data_pipeline.store import trajectory as store_mod
     from data_pipeline.store import TrajectoryStore
 
     path, mode, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -32,9 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from data_pipeline.schema import DISCRETE_FILL
+from data_pipeline.store.codecs import compressors, consolidate
+from data_pipeline.store.files import atomic_write
+from data_pipeline.store.lock import acquire_writer_lock, release_writer_lock
+from data_pipeline.store.paths import is_url
 from worldmodel.anomaly import AnomalyConfig, AnomalyScorer, Calibration, ScoreStep, pool
 from worldmodel.interface import Prediction, WorldModel, repeat_state
 
@@ -74,7 +77,6 @@ class Twin:
         self._first = np.zeros((batch, 2 * history), bool)
         self._len = np.zeros(batch, np.int64)  # rows seen per system, at most `history`
         self._end = 0  # next row of the buffers (all systems observe together)
-        self._markov: bool | None = None  # set on the first `track`
 
     @property
     def device(self) -> torch.device:
@@ -195,9 +197,7 @@ class Twin:
         t_len = len(obs)
         if t_len == 0:
             return np.zeros((0, self.obs_dim)), np.zeros((0, self.obs_dim))
-        if self._markov is None:
-            self._markov = self._check_markov()
-        if not self._markov or t_len == 1:
+        if not self.model.markov or t_len == 1:
             means, stds = [], []
             prev = action_before
             for t in range(t_len):
@@ -235,26 +235,6 @@ class Twin:
             return mean[0], std[0]
         return mean.mean(0), np.sqrt((std**2).mean(0) + mean.var(0))
 
-    def _check_markov(self) -> bool:
-        """Whether the model's one-step prediction depends only on the last observation (numerically)."""
-        g = torch.Generator().manual_seed(0)
-        m = self.model
-        mean = torch.as_tensor(m.normalization.obs_mean, dtype=torch.float32)
-        std = torch.as_tensor(m.normalization.obs_std, dtype=torch.float32)
-        o = (mean + std * torch.randn(2, 1, m.obs_dim, generator=g)).to(self.device)  # (T, 1, D) as (B, T, D)
-        if self.discrete:
-            a = torch.randint(max(m.action_dim, 1), (1, 2), generator=g).to(self.device)
-        else:
-            am = torch.as_tensor(m.normalization.action_mean, dtype=torch.float32)
-            ast = torch.as_tensor(m.normalization.action_std, dtype=torch.float32)
-            a = (am + ast * torch.randn(1, 2, m.schema.action_dim, generator=g)).to(self.device)
-        obs = o.reshape(1, 2, m.obs_dim)
-        first = torch.tensor([[True, False]], device=self.device)
-        s_seq = m.observe(m.initial_state(1), obs, torch.cat([torch.zeros_like(a[:, :1]), a[:, :1]], 1), first)
-        s_one = m.observe(m.initial_state(1), obs[:, 1:], torch.zeros_like(a[:, :1]), first[:, :1])
-        _, p_seq = m.step(s_seq, a[:, 1], torch.Generator().manual_seed(1))
-        _, p_one = m.step(s_one, a[:, 1], torch.Generator().manual_seed(1))
-        return bool(torch.allclose(p_seq.obs_mean, p_one.obs_mean) and torch.allclose(p_seq.obs_std, p_one.obs_std))
 
     def history(self, index: int | None = 0) -> dict[str, np.ndarray]:
         """The rows the twin has seen, for `env.reset(options={"history": …})`.
@@ -287,11 +267,9 @@ class Twin:
         action = h["action"].reshape(len(h["obs"]), -1).astype(np.float64)
         if self.discrete:
             action[action < 0] = np.nan
-        path = str(path)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, obs=h["obs"], action=action, is_first=h["is_first"])
-        os.replace(tmp, path)  # a reader never sees a half-written file
-        return path
+        # a reader never sees a half-written file
+        atomic_write(path, lambda tmp: np.savez(tmp, obs=h["obs"], action=action, is_first=h["is_first"]))
+        return str(path)
 
 
 # ---------------------------------------------------------------------- scores beside the store
@@ -309,11 +287,9 @@ class ScoreStore:
     DATA_VARS = ("surprise", "score", "contribution", "alert")
 
     def __init__(self, path: str, obs_channels: list[str], attrs: dict[str, Any]) -> None:
-        from data_pipeline.store import _acquire_lock
-
         self.path = path
-        self._lock = _acquire_lock(path)
-        exists = os.path.exists(os.path.join(path, "zarr.json")) if "://" not in path else False
+        self._lock = acquire_writer_lock(path)
+        exists = not is_url(path) and os.path.exists(os.path.join(path, "zarr.json"))
         if exists:
             self.group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
             stored = [str(c) for c in self.group["obs_channel"][:]]
@@ -337,7 +313,7 @@ class ScoreStore:
         return (base[: -len(".zarr")] if base.endswith(".zarr") else base) + ".anomaly.zarr"
 
     def _create(self, channels: list[str]) -> None:
-        codecs: dict[str, Any] = {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
+        codecs = compressors(3)
         d = len(channels)
         specs = {"time": ((), "int64", 0), "surprise": ((), "float32", np.nan), "score": ((), "float32", np.nan),
                  "contribution": ((d,), "float32", np.nan), "alert": ((), "bool", False)}
@@ -378,17 +354,11 @@ class ScoreStore:
         self._publish()
 
     def _publish(self) -> None:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
-            zarr.consolidate_metadata(self.group.store, zarr_format=3)
+        consolidate(self.group)
 
     def close(self) -> None:
-        from data_pipeline.store import _release_lock
-
         self.flush()
-        _release_lock(self._lock)
+        release_writer_lock(self._lock)
         self._lock = None
 
 

@@ -76,6 +76,8 @@ class EnsembleWorldModel(WorldModel):
     """PETS-style probabilistic ensemble implementing the WorldModel interface (vector observations)."""
 
     model_type: ClassVar[str] = "ensemble"
+    markov: ClassVar[bool] = True
+    supports_member_resampling: ClassVar[bool] = True
     config_class: ClassVar[type] = EnsembleConfig
 
     def __init__(self, config: EnsembleConfig, schema: StoreSchema, normalization: Normalization) -> None:

@@ -103,6 +103,12 @@ class WorldModel(nn.Module):
     """
 
     model_type: ClassVar[str] = ""
+    # Declared capabilities: envs, scenarios and the live twin read these instead of probing the model.
+    markov: ClassVar[bool] = False
+    """The belief after `observe` depends on the last observation alone (not on older history), so
+    rows can be assimilated independently, as one batch."""
+    supports_member_resampling: ClassVar[bool] = False
+    """`resample_members` draws a new ensemble member per trajectory (trajectory sampling, TS-inf)."""
 
     def __init__(self, config: Any, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__()
@@ -181,6 +187,10 @@ class WorldModel(nn.Module):
             state, pred = self.step(state, actions[:, t], generator)
             steps.append(pred)
         return state, Prediction.stack(steps)
+
+    def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
+        """Give each trajectory a freshly drawn member (where `supports_member_resampling`); else `state`."""
+        return state
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss of a batch of windows and the metrics to log."""

@@ -14,7 +14,6 @@ committed episodes are never damaged. The format is written up in docs/data-form
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -22,16 +21,13 @@ import os
 import re
 import time as _time
 import uuid
-import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from data_pipeline.schema import (
     COMMITTED,
@@ -41,6 +37,9 @@ from data_pipeline.schema import (
     Episode,
     StoreSchema,
 )
+from data_pipeline.store.codecs import compressors, consolidate
+from data_pipeline.store.lock import WriterLock, acquire_writer_lock, release_writer_lock
+from data_pipeline.store.paths import local_path, zarr_path
 from data_pipeline.validate import DataValidationError, validate_episode, validate_rows
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # ≥ 1 MiB per chunk along `step` (contract 1)
@@ -71,38 +70,8 @@ _LONG_NAMES = {
 }
 
 
-class StoreLockedError(RuntimeError):
-    """Another process (or another handle in this one) holds the store's writer lock."""
-
-
 class StoreCorruptionError(RuntimeError):
     """A chunk failed its checksum or could not be decoded."""
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def _local_path(path: str) -> Path | None:
-    if path.startswith("file://"):
-        return Path(path[len("file://") :])
-    return None if _is_url(path) else Path(path)
-
-
-def _zarr_path(path: str) -> str:
-    """What zarr opens: a plain path for local stores (file:// too), so zarr's LocalStore, whose
-    writes are atomic renames, is used; the URL otherwise."""
-    local = _local_path(path)
-    return str(local) if local is not None else path
-
-
-def lock_path_of(path: str) -> Path | None:
-    """The writer-lock file of a local store: `.NAME.writer-lock` beside it (None for URLs)."""
-    local = _local_path(str(path))
-    if local is None:
-        return None
-    local = local.resolve()
-    return local.parent / f".{local.name}.writer-lock"
 
 
 def _step_var_dims(name: str) -> list[str]:
@@ -165,7 +134,7 @@ class TrajectoryStore:
         self.storage_options = storage_options
         self._group = group
         self.schema = StoreSchema.from_attrs(dict(group.attrs["schema"]))
-        self._lock_fd: int | None = None
+        self._writer_lock: WriterLock | None = None
         self._closed = False
         self._stream: EpisodeStream | None = None
         self._table_cache: pd.DataFrame | None = None
@@ -193,21 +162,21 @@ class TrajectoryStore:
         `chunk_steps` overrides the rows per chunk that `chunk_bytes` implies (tests use tiny chunks).
         """
         path = str(path)
-        lock_fd = _acquire_lock(path)
+        writer_lock = acquire_writer_lock(path)
         try:
-            local = _local_path(path)
+            local = local_path(path)
             if local is not None and local.exists() and any(local.iterdir()) and not overwrite:
                 raise FileExistsError(
                     f"{path} already exists; pass overwrite=True (--overwrite) or choose another path"
                 )
-            group = zarr.open_group(_zarr_path(path), mode="w" if overwrite else "w-", zarr_format=3,
+            group = zarr.open_group(zarr_path(path), mode="w" if overwrite else "w-", zarr_format=3,
                                     storage_options=storage_options)
             _create_arrays(group, schema, chunk_steps or _chunk_steps_for(schema, chunk_bytes))
         except BaseException:
-            _release_lock(lock_fd)
+            release_writer_lock(writer_lock)
             raise
         store = cls(path, group, "a", storage_options)
-        store._lock_fd = lock_fd
+        store._writer_lock = writer_lock
         store._publish()
         return store
 
@@ -223,14 +192,14 @@ class TrajectoryStore:
         path = str(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        local = _local_path(path)
+        local = local_path(path)
         if local is not None and not (local / "zarr.json").exists():
             raise FileNotFoundError(f"{path}: no trajectory store here (no zarr.json)")
-        lock_fd = _acquire_lock(path) if mode == "a" else None
+        writer_lock = acquire_writer_lock(path) if mode == "a" else None
         try:
             # Not the consolidated metadata: it is a snapshot for plain xarray readers, and a writer
             # or a live reader needs the current array shapes.
-            group = zarr.open_group(_zarr_path(path), mode="r" if mode == "r" else "r+", zarr_format=3,
+            group = zarr.open_group(zarr_path(path), mode="r" if mode == "r" else "r+", zarr_format=3,
                                     storage_options=storage_options, use_consolidated=False)
             if "schema" not in group.attrs:
                 raise DataValidationError(
@@ -243,13 +212,13 @@ class TrajectoryStore:
                 )
             store = cls(path, group, mode, storage_options)
         except FileNotFoundError as err:
-            _release_lock(lock_fd)
+            release_writer_lock(writer_lock)
             raise FileNotFoundError(f"{path}: no trajectory store here ({err})") from err
         except BaseException:
-            _release_lock(lock_fd)
+            release_writer_lock(writer_lock)
             raise
         if mode == "a":
-            store._lock_fd = lock_fd
+            store._writer_lock = writer_lock
             try:
                 store.recover()
             except BaseException:
@@ -262,8 +231,8 @@ class TrajectoryStore:
         if self._stream is not None and not self._closed:
             with contextlib.suppress(Exception):
                 self._stream.abort()
-        _release_lock(self._lock_fd)
-        self._lock_fd = None
+        release_writer_lock(self._writer_lock)
+        self._writer_lock = None
         self._closed = True
 
     def __enter__(self) -> TrajectoryStore:
@@ -274,7 +243,7 @@ class TrajectoryStore:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            _release_lock(self._lock_fd)
+            release_writer_lock(self._writer_lock)
 
     # ------------------------------------------------------------------ table
     def array(self, name: str) -> zarr.Array:
@@ -349,7 +318,7 @@ class TrajectoryStore:
         the consolidated metadata. Runs on every open for writing.
         """
         dropped = self._truncate_tail()
-        local = _local_path(self.path)
+        local = local_path(self.path)
         if local is not None:
             for partial in [p for p in local.rglob("*.partial") if _PARTIAL.search(p.name)]:
                 partial.unlink(missing_ok=True)
@@ -481,9 +450,7 @@ class TrajectoryStore:
 
         Written once per commit in one atomic file write, so the snapshot never shows a partial append.
         """
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
-            zarr.consolidate_metadata(self._group.store, zarr_format=3)
+        consolidate(self._group)
 
     def stream(
         self,
@@ -594,7 +561,7 @@ class TrajectoryStore:
         n, end = len(table), _end_of(table)
         kwargs = dict(consolidated=False, chunks=None, zarr_format=3, storage_options=self.storage_options)
         try:
-            ds = xr.open_zarr(_zarr_path(self.path), **kwargs)
+            ds = xr.open_zarr(zarr_path(self.path), **kwargs)
         except ValueError:  # "conflicting sizes": an unfinished write; open each length group apart
             return self._open_by_length(kwargs, n, end)
         return ds.isel(step=slice(0, end), episode=slice(0, n))
@@ -607,7 +574,7 @@ class TrajectoryStore:
         parts = []
         for names in groups.values():
             drop = [v for v in everything if v not in names]
-            part = xr.open_zarr(_zarr_path(self.path), drop_variables=drop, **kwargs)
+            part = xr.open_zarr(zarr_path(self.path), drop_variables=drop, **kwargs)
             part = part.set_coords([c for c in CHANNEL_COORDS if c in part])
             parts.append(part.isel({d: slice(0, end if d == "step" else n) for d in ("step", "episode")
                                     if d in part.dims}))
@@ -630,38 +597,9 @@ def _end_of(table: pd.DataFrame) -> int:
     return int(table["start"].iloc[-1] + table["length"].iloc[-1]) if len(table) else 0
 
 
-def _acquire_lock(path: str) -> int | None:
-    """Take the writer lock of a local store (an flock, so a dead writer's lock is freed by the OS)."""
-    lock_path = lock_path_of(path)
-    if lock_path is None:
-        return None  # object storage: one writer by convention, see docs/data-format.md
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise StoreLockedError(
-            f"{path} is open for writing by another process (pid {holder}, lock file {lock_path}); "
-            "a store has one writer: close it or wait for that process to end"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
-
-
-def _release_lock(fd: int | None) -> None:
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 def _create_arrays(group: zarr.Group, schema: StoreSchema, chunk_steps: int) -> None:
     """The empty arrays and attrs of a new store (layout: docs/data-format.md)."""
-    codecs: dict[str, Any] = {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
+    codecs = compressors(3)
 
     def make(name: str, shape: tuple, dtype: Any, fill: Any, **attrs: Any) -> None:
         arr = group.create_array(name, shape=(0, *shape), chunks=(chunk_steps, *shape), dtype=dtype,
