@@ -43,8 +43,8 @@ from data_pipeline.record import record  # noqa: E402
 from data_pipeline.store import TrajectoryStore  # noqa: E402
 from data_pipeline.stream import Block, StreamConfig, StreamIngest  # noqa: E402
 from data_pipeline.windows import normalization_for  # noqa: E402
+from twin.anomaly import AnomalyConfig, AnomalyScorer, calibrate, score_episodes  # noqa: E402
 from twin.live import LiveMirror, ScoreStore, Twin  # noqa: E402
-from worldmodel.anomaly import AnomalyConfig, AnomalyScorer, calibrate, score_episodes  # noqa: E402
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel  # noqa: E402
 
 FAULTS = ("sensor_bias", "stuck_sensor", "actuator_half_torque")

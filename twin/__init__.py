@@ -1,1 +1,25 @@
-"""The live twin: belief sync, anomaly scores and the live mirror of a stream."""
+"""The live twin: belief sync, anomaly scores and the live mirror of a stream (docs/live-twin.md).
+
+| module | job |
+| --- | --- |
+| `twin.sync` | `Twin`: a world model's belief about B running systems, one real step at a time; its history |
+| `twin.anomaly` | surprise scores, their moving window and alert flag; the threshold's calibration |
+| `twin.calibrate` | the command `python -m twin.calibrate` (alias `python -m worldmodel.anomaly`) |
+| `twin.scores` | `ScoreStore`: the scores in a Zarr v3 group beside the trajectory store (`NAME.anomaly.zarr`) |
+| `twin.mirror` | `LiveMirror`: feeds the stream's new rows to the twin, scores them, raises alerts; `LiveStats` |
+| `twin.alerts` | alert sinks: stdout, and an MQTT topic when asked |
+| `twin.mlflow_log` | `MlflowLog`: aggregated live metrics to MLflow through `tracking.logger` |
+| `twin.live` | the command `python -m twin.live` (alias `python -m envs.live`): stream + twin + scores |
+
+Imports point down: `live` → `alerts`, `mlflow_log` → `mirror` → `scores`, `sync` → `anomaly`. The two
+commands (`live`, `calibrate`) are imported by no other module here, so `python -m` runs each once.
+"""
+
+from twin.anomaly import AnomalyConfig, AnomalyScorer, Calibration, ScoreStep, calibrate, score_episodes
+from twin.mirror import LiveMirror, LiveStats
+from twin.mlflow_log import MlflowLog
+from twin.scores import ScoreStore
+from twin.sync import Twin
+
+__all__ = ["AnomalyConfig", "AnomalyScorer", "Calibration", "LiveMirror", "LiveStats", "MlflowLog", "ScoreStep",
+           "ScoreStore", "Twin", "calibrate", "score_episodes"]

@@ -1,28 +1,28 @@
 """The live twin: belief sync equivalence, hand-off to the env and generate.py, anomaly scores and their
-calibration, the score store, MLflow logging, and `python -m envs.live` end to end."""
+calibration, the score store, MLflow logging, and `python -m twin.live` (alias `python -m envs.live`) end to end."""
 
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import test_stream
 import torch
 import xarray as xr
 import yaml
 from conftest import subprocess_env
-from test_stream import PENDULUM_SPEC, pendulum_samples
 
 from data_pipeline.batch import Batch, Normalization
+from data_pipeline.ingest import IngestSpec
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.stream import Block
-from twin.live import LiveMirror, ScoreStore, Twin
-from worldmodel.anomaly import (
+from twin import LiveMirror, ScoreStore, Twin
+from twin.anomaly import (
     LOG_SQRT_2PI,
     AnomalyConfig,
     AnomalyScorer,
@@ -33,6 +33,12 @@ from worldmodel.anomaly import (
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 from worldmodel.interface import WorldModel, previous_actions
 from worldmodel.rssm import RSSMConfig, RSSMWorldModel
+
+# The stream tests' Pendulum samples, spec, publisher and MQTT broker fixture: found whether the stream tests
+# sit in tests/ or in tests/data_pipeline/ (pytest puts a test's own folder on sys.path, not its neighbours').
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_pipeline"))
+import test_stream  # noqa: E402
+from test_stream import PENDULUM_SPEC, pendulum_samples  # noqa: E402
 
 mqtt_broker = test_stream.mqtt_broker  # the broker fixture, shared with the stream tests
 
@@ -216,11 +222,12 @@ def test_score_store_appends_resumes_and_cuts_a_torn_flush(tiny_schema, tmp_path
         ScoreStore(path, ["x", "y", "z"], {})
 
 
+@pytest.mark.slow  # ~15 s: MLflow sets up its SQLite tracking database
 def test_mlflow_log_records_live_metrics(tiny_schema, tmp_path: Path, monkeypatch) -> None:
     from mlflow import MlflowClient
 
     from data_pipeline.stream import StreamStats
-    from twin.live import MlflowLog
+    from twin import MlflowLog
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -239,7 +246,21 @@ def test_mlflow_log_records_live_metrics(tiny_schema, tmp_path: Path, monkeypatc
     assert run.data.params["threshold"] == "2.0"
 
 
-# ---------------------------------------------------------------------- the command
+# ---------------------------------------------------------------------- the commands
+@pytest.mark.parametrize(("module", "prog"), [("twin.live", "python -m twin.live"),
+                                              ("envs.live", "python -m twin.live"),
+                                              ("twin.calibrate", "python -m twin.calibrate"),
+                                              ("worldmodel.anomaly", "python -m twin.calibrate")])
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # this test process imported them
+def test_commands_and_their_aliases_run_as_main(module: str, prog: str, monkeypatch, capsys) -> None:
+    """`python -m envs.live` and `python -m worldmodel.anomaly` keep working, as the twin package's commands."""
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: {prog} ")
+
+
 def train_tiny_pendulum(schema: StoreSchema, samples: list[list[dict]], steps: int = 400) -> EnsembleWorldModel:
     """A tiny ensemble fitted to a few Pendulum episodes: good enough to be surprised by a broken sensor."""
     obs = np.concatenate([[[s["cos_theta"], s["sin_theta"], s["theta_dot"]] for s in ep] for ep in samples])
@@ -274,9 +295,8 @@ def train_tiny_pendulum(schema: StoreSchema, samples: list[list[dict]], steps: i
 @pytest.fixture(scope="module")
 def live_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A spec, a tiny Pendulum ensemble and its calibration (window 3) on normal episodes."""
-    from data_pipeline.ingest_spec import IngestSpec
     from data_pipeline.schema import Episode
-    from worldmodel.anomaly import main as calibrate_main
+    from twin.calibrate import main as calibrate_main
 
     tmp_path = tmp_path_factory.mktemp("live")
     spec_path = tmp_path / "spec.yaml"
@@ -305,13 +325,11 @@ def faulty_episode(seed: int = 20, onset: int = 80) -> list[dict]:
 
 
 def test_live_command_mirrors_scores_and_alerts(tmp_path: Path, live_setup: dict[str, str]) -> None:
-    spec_path, schema = live_setup["spec"], None
-    from data_pipeline.ingest_spec import IngestSpec
-
+    spec_path = live_setup["spec"]
     schema = IngestSpec.from_yaml(spec_path).schema({})
     live = faulty_episode()
     lines = "".join(json.dumps(s) + "\n" for s in live)
-    cmd = [sys.executable, "-m", "envs.live", "--model", live_setup["model"], "--spec", spec_path,
+    cmd = [sys.executable, "-m", "twin.live", "--model", live_setup["model"], "--spec", spec_path,
            "--source", "-", "--store", str(tmp_path / "live.zarr"), "--calibration", live_setup["calibration"],
            "--history-out", str(tmp_path / "now.npz"), "--no-mlflow", "--status-every", "0"]
     run = subprocess.run(cmd, input=lines, capture_output=True, text=True, env=subprocess_env(), timeout=180)
@@ -330,6 +348,7 @@ def test_live_command_mirrors_scores_and_alerts(tmp_path: Path, live_setup: dict
     np.testing.assert_allclose(hist["obs"][-1], data.obs.values[-1])
 
 
+@pytest.mark.slow  # ~5 s: a broker, a subprocess and a SIGTERM
 def test_live_command_publishes_alerts_over_mqtt_and_stops_on_sigterm(tmp_path: Path, live_setup: dict[str, str],
                                                                        mqtt_broker: int) -> None:
     import signal
