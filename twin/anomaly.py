@@ -86,10 +86,13 @@ def pool(pred: Prediction, batch: int, particles: int) -> tuple[np.ndarray, np.n
     std = pred.obs_std.float().cpu().numpy().astype(np.float64)
     if particles == 1:
         return mean, std
-    mean = mean.reshape(batch, particles, -1)
-    std = std.reshape(batch, particles, -1)
-    m = mean.mean(1)
-    return m, np.sqrt((std**2).mean(1) + mean.var(1))
+    return mixture(mean.reshape(batch, particles, -1), std.reshape(batch, particles, -1), axis=1)
+
+
+def mixture(mean: np.ndarray, std: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of an equal-weight Gaussian mixture over `axis` (the particles): the mean of the means,
+    and a variance that adds the means' spread (the particles' disagreement) to their mean variance."""
+    return mean.mean(axis), np.sqrt((std**2).mean(axis) + mean.var(axis))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 from data_pipeline.schema import DISCRETE_FILL
 from data_pipeline.store.files import atomic_write
 from envs.twin import load_model
-from twin.anomaly import pool
+from twin.anomaly import mixture, pool
 from worldmodel.interface import Prediction, WorldModel, repeat_state
 
 
@@ -211,7 +211,7 @@ class Twin:
         std = pred.obs_std.float().cpu().numpy().astype(np.float64).reshape(p, t_len, -1)
         if p == 1:
             return mean[0], std[0]
-        return mean.mean(0), np.sqrt((std**2).mean(0) + mean.var(0))
+        return mixture(mean, std, axis=0)
 
     def history(self, index: int | None = 0) -> dict[str, np.ndarray]:
         """The rows the twin has seen, for `env.reset(options={"history": …})`.
