@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test quick lint install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,10 +24,20 @@ test: $(STAMP)
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 		(apt-get update && apt-get install -y mosquitto) || echo "mosquitto not installed: MQTT tests will skip"
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	@# Everything, slow end-to-end tests included (the inner loop is `pytest -m "not slow"`).
+	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+# The inner loop: lint and the fast tests (about 2 minutes on 2 cores).
+quick: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 clean:
 	rm -rf demo_out mlruns mlflow.db lightning_logs
