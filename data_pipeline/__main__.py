@@ -14,8 +14,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from data_pipeline.record import Policy
+
+
+def _behaviour_policy(spec: str, env_id: str, seed: int) -> Policy | Literal["random"]:
+    """`--policy`: "random" stays `record`'s built-in (each episode's own seeded action space); a
+    stable-baselines3 .zip or "module:function" becomes a batched callable (policies.behaviour), checked
+    before any store is made."""
+    if spec == "random":
+        return "random"
+    import gymnasium as gym
+
+    from policies.behaviour import make_policy
+
+    env = gym.make(env_id)  # for its action space only
+    try:
+        return make_policy(spec, env.action_space, seed=seed)
+    finally:
+        env.close()
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -25,7 +46,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         args.env,
         args.episodes,
         args.out,
-        policy=args.policy,
+        policy=_behaviour_policy(args.policy, args.env, args.seed),
         seed=args.seed,
         num_envs=args.num_envs,
         image_size=args.image_size,

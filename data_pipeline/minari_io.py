@@ -26,7 +26,7 @@ from gymnasium import spaces
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from minari.dataset.minari_dataset import parse_dataset_id
 
-from data_pipeline.record import KNOWN_CHANNELS, env_dt
+from data_pipeline.record.env_schema import ChannelNames, env_dt, known_channels
 from data_pipeline.schema import DISCRETE_FILL, Episode, StoreSchema
 from data_pipeline.spaces import is_image_space
 from data_pipeline.store import TrajectoryStore
@@ -76,9 +76,9 @@ def schema_for_dataset(ds: minari.MinariDataset) -> StoreSchema:
         )
     env_spec = ds.env_spec
     dt, dt_note = _dt_of(env_spec)
-    known = KNOWN_CHANNELS.get(env_spec.name, {}) if env_spec is not None else {}
-    if known and (not flat or len(known["obs_channels"]) != obs_space.shape[0]):
-        known = {}
+    known = ChannelNames()
+    if env_spec is not None:
+        known = known_channels(env_spec.name, obs_space.shape[0] if flat else None)
     return StoreSchema.from_spaces(
         obs_space, act_space, dt,
         provenance={
@@ -139,7 +139,7 @@ def import_minari(dataset_id_or_path: str, out: str, *, overwrite: bool = False)
     size = 0
     for ep in _episodes(ds, schema):
         block.append(ep)
-        size += (ep.obs if ep.obs is not None else ep.image).nbytes
+        size += sum(a.nbytes for a in (ep.obs, ep.image) if a is not None)
         if size >= FLUSH_BYTES:
             store.append(block, min_transitions=0)
             block, size = [], 0

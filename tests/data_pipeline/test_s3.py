@@ -54,6 +54,7 @@ def s3(monkeypatch) -> str:
         server.stop()
 
 
+@pytest.mark.slow  # a moto server, three command lines and a short fit: ~25 s
 def test_record_info_and_fit_on_an_s3_store(s3, tmp_path, monkeypatch) -> None:
     import boto3
 

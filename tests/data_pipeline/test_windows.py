@@ -10,21 +10,22 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from data_pipeline import windows as windows_mod
-from data_pipeline.batch import Batch
-from data_pipeline.datamodule import WindowDataModule
 from data_pipeline.schema import Episode, StoreSchema
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows import (
+    Batch,
     ChunkCache,
     FixedWindows,
+    WindowDataModule,
     WindowSampler,
     eval_starts,
+    eval_windows,
     normalization_for,
     split_episodes,
     to_batch,
     usable_episodes,
 )
+from data_pipeline.windows import normalization as normalization_mod
 
 
 def _episodes(rng: np.random.Generator, n: int, first: int = 0, lo: int = 20, hi: int = 300,
@@ -137,7 +138,7 @@ def test_normalization_is_cached_in_the_store_and_reused(tmp_path, monkeypatch) 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("statistics recomputed although cached")
 
-    monkeypatch.setattr(windows_mod, "channel_stats", boom)
+    monkeypatch.setattr(normalization_mod, "channel_stats", boom)
     reader = TrajectoryStore.open(path)
     assert normalization_for(reader, train) == norm
     # Appending makes the cache stale; a read-only store computes in memory and writes nothing.
@@ -183,6 +184,23 @@ def test_eval_windows_are_fixed_and_non_overlapping(tmp_path) -> None:
     for x, y in zip(small, big, strict=True):
         _check_windows(x, store)
         torch.testing.assert_close(x.obs, y.obs)
+
+
+def test_eval_windows_are_the_first_back_to_back_windows_in_episode_order(tmp_path) -> None:
+    """The open-loop evaluation windows: episode by episode in the order given, back to back, the first
+    `max_windows` of them, read exactly as the store holds them (last-row fill set to 0)."""
+    store = _store(str(tmp_path / "s.zarr"))
+    table = store.episodes()
+    episodes = [7, 3, 12, 0]  # not in store order: the windows follow this order
+    expected = [int(table["start"].iloc[e]) + k for e in episodes
+                for k in range(0, int(table["length"].iloc[e]) - 40 + 1, 40)]
+    batch = eval_windows(store, episodes, 40, max_windows=9)
+    assert batch is not None and batch.obs.shape == (9, 40, 3)
+    ref = _reference(store)
+    for i, a in enumerate(expected[:9]):
+        np.testing.assert_array_equal(batch.obs[i].numpy(), ref["obs"][a : a + 40])
+    _check_windows(batch, store, ref)
+    assert eval_windows(store, episodes, 10_000) is None
 
 
 def test_discrete_actions_are_int64(tmp_path) -> None:

@@ -12,11 +12,13 @@ import pytest
 import xarray as xr
 from conftest import T0
 
+from data_pipeline.__main__ import main
 from data_pipeline.info import validate_store
 from data_pipeline.record import record
 from data_pipeline.schema import Episode
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.validate import DataValidationError
+from policies.behaviour import make_policy
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +121,8 @@ def test_same_store_whatever_num_envs(tmp_path, env_id):
     assert not np.array_equal(one.obs.values[:10], other.obs.values[:10])
 
 
-def test_module_function_policy(tmp_path, monkeypatch):
+def test_module_function_policy(tmp_path, monkeypatch, capsys):
+    """`--policy module:function` on the command line: resolved to a callable before any store is made."""
     (tmp_path / "tw_policies.py").write_text(
         "import numpy as np\n"
         "def push_right(obs):\n"
@@ -128,17 +131,30 @@ def test_module_function_policy(tmp_path, monkeypatch):
         "    return -0.5 * obs[:, 2:3]\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    store = rec(tmp_path / "c.zarr", "CartPole-v1", 3, seed=0, num_envs=2, policy="tw_policies:push_right")
+    out = str(tmp_path / "c.zarr")
+    assert main(["record", "--env", "CartPole-v1", "--episodes", "3", "--seed", "0", "--num-envs", "2",
+                 "--policy", "tw_policies:push_right", "--out", out, "--no-progress"]) == 0
+    assert f"store: {out}" in capsys.readouterr().out
+    store = TrajectoryStore.open(out)
     for i in range(3):
         ep = store.read_episode(i)
         assert (ep.action[:-1] == 1).all()
         replay("CartPole-v1", ep)
-    store = rec(tmp_path / "p.zarr", "Pendulum-v1", 1, seed=0, policy="tw_policies:brake", max_episode_steps=6)
+    store = rec(tmp_path / "p.zarr", "Pendulum-v1", 1, seed=0, max_episode_steps=6,
+                policy=make_policy("tw_policies:brake", gym.make("Pendulum-v1").action_space))
     ep = store.read_episode(0)
     np.testing.assert_allclose(ep.action[:-1], -0.5 * ep.obs[:-1, 2:3], rtol=1e-6)
     with pytest.raises(ValueError, match="'tw_policies:nope': module 'tw_policies' has no attribute 'nope'"):
-        rec(tmp_path / "x.zarr", "CartPole-v1", 1, policy="tw_policies:nope")
+        main(["record", "--env", "CartPole-v1", "--episodes", "1", "--policy", "tw_policies:nope",
+              "--out", str(tmp_path / "x.zarr"), "--no-progress"])
     assert not (tmp_path / "x.zarr").exists()  # the policy is checked before the store is made
+
+
+def test_record_takes_a_callable_not_a_policy_name(tmp_path):
+    """Resolving a zip or module:function is the command line's job (policies sit above data_pipeline)."""
+    with pytest.raises(TypeError, match=r"policy='tw_policies:push_right'; expected 'random' or a callable"):
+        rec(tmp_path / "x.zarr", "CartPole-v1", 1, policy="tw_policies:push_right")
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_stable_baselines3_zip_policy(tmp_path):
@@ -146,7 +162,8 @@ def test_stable_baselines3_zip_policy(tmp_path):
 
     model = PPO("MlpPolicy", gym.make("CartPole-v1"), seed=0, device="cpu")  # untrained: any policy will do
     model.save(tmp_path / "ppo_cartpole.zip")
-    store = rec(tmp_path / "c.zarr", "CartPole-v1", 2, seed=3, policy=str(tmp_path / "ppo_cartpole.zip"))
+    policy = make_policy(str(tmp_path / "ppo_cartpole.zip"), gym.make("CartPole-v1").action_space)
+    store = rec(tmp_path / "c.zarr", "CartPole-v1", 2, seed=3, policy=policy)
     for i in range(2):
         ep = store.read_episode(i)
         expected, _ = model.predict(ep.obs[:-1], deterministic=True)

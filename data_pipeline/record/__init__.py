@@ -1,0 +1,28 @@
+"""Record episodes of any Gymnasium env into a trajectory store.
+
+    python -m data_pipeline record --env Pendulum-v1 --episodes 50 --policy random --seed 0 --out p.zarr
+
+Episode k is reset with seed `seed + k` (and the random policy samples from an action space seeded
+the same way), and episodes are stored in order of k, so a store holds the same data whatever
+`--num-envs` is. Simulated episodes lie back to back on one clock: episode k starts one `dt` after
+episode k-1's final observation, the first at `start_time` (default: when recording began).
+
+| module | job |
+| --- | --- |
+| `env_schema.py` | an env as a store: known channel names and units, dt, rendered observations, the schema |
+| `rollout.py` | `record`: the rollout loop with a behaviour policy (a callable, or the built-in "random") |
+"""
+
+from data_pipeline.record.env_schema import (
+    KNOWN_CHANNELS,
+    ChannelNames,
+    RenderedObservation,
+    env_dt,
+    known_channels,
+    make_env,
+    schema_for_env,
+)
+from data_pipeline.record.rollout import FLUSH_BYTES, Policy, record
+
+__all__ = ["FLUSH_BYTES", "KNOWN_CHANNELS", "ChannelNames", "Policy", "RenderedObservation", "env_dt",
+           "known_channels", "make_env", "record", "schema_for_env"]

@@ -1,0 +1,205 @@
+"""The Lightning DataModule of training windows (DESIGN contract 2).
+
+    dm = WindowDataModule(store="p.zarr", window=32, batch_size=64)
+    dm.schema, dm.normalization          # available before the Trainer starts (lazy, cheap)
+    trainer.fit(model, datamodule=dm)
+
+With LightningCLI the arguments are `--data.store`, `--data.window`, …; see docs/windows.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+
+from data_pipeline.schema import StoreSchema
+from data_pipeline.store import StoreLockedError, TrajectoryStore
+from data_pipeline.store.paths import is_url
+from data_pipeline.windows.batch import Batch, Normalization
+from data_pipeline.windows.dataset import EpochDataLoader, TrainPosition, WindowDataset
+from data_pipeline.windows.fixed import eval_starts, eval_windows
+from data_pipeline.windows.normalization import normalization_for
+from data_pipeline.windows.split import split_episodes, usable_episodes
+
+
+@dataclass(frozen=True)
+class _StoreFacts:
+    """What the DataModule reads from the store once: schema, split, normalization, usable episodes."""
+
+    schema: StoreSchema
+    split: dict[str, np.ndarray]
+    """Episode positions of "train", "val" and "test"."""
+    fingerprint: str
+    normalization: Normalization
+    episodes: dict[str, tuple[np.ndarray, np.ndarray]]
+    """(start, length) rows of each split's episodes that hold a training window."""
+
+
+class WindowDataModule(L.LightningDataModule):
+    """Training windows `(batch, time, …)` from a trajectory store, split by episode.
+
+    `schema`, `normalization`, `split` and `fingerprint` are available right after construction (they are
+    loaded lazily on first use), so a model can be built from them before the Trainer starts. The
+    normalization is cached in the store's attrs when the store is local and no other writer holds it.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        window: int = 32,
+        batch_size: int = 64,
+        split_seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        cache_mb: float = 512.0,
+        num_workers: int = 0,
+        batches_per_epoch: int = 100,
+        val_batches: int = 20,
+        sample_seed: int = 0,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        Args:
+            store: Path or fsspec URL (file://, memory://, s3://, …) of the trajectory store.
+            window: Rows (time steps) per training window.
+            batch_size: Windows per batch.
+            split_seed: Seed of the episode-level train / val / test split.
+            val_fraction: Expected fraction of episodes in the validation split.
+            test_fraction: Expected fraction of episodes in the test split.
+            cache_mb: Memory budget (MiB) of the chunk caches of one training process, shared by its workers.
+            num_workers: DataLoader worker processes (each opens the store itself).
+            batches_per_epoch: Random training batches per epoch (per training process).
+            val_batches: Most batches of fixed windows for validation and for test.
+            sample_seed: Base seed of the training-window RNG streams.
+            storage_options: fsspec options for a URL store (credentials stay out of the checkpoint).
+        """
+        super().__init__()
+        if window < 1 or batch_size < 1:
+            raise ValueError(f"data: window={window} and batch_size={batch_size} must be ≥ 1")
+        self.save_hyperparameters(ignore=["storage_options"])
+        self.store_path, self.window, self.batch_size = str(store), window, batch_size
+        self.split_seed, self.val_fraction, self.test_fraction = split_seed, val_fraction, test_fraction
+        self.cache_bytes = int(cache_mb * (1 << 20))
+        self.num_workers, self.batches_per_epoch = num_workers, batches_per_epoch
+        self.val_batches = val_batches
+        self.sample_seed, self.storage_options = sample_seed, storage_options
+        self._facts: _StoreFacts | None = None
+
+    # ------------------------------------------------------------------ metadata
+    def _open_for_cache(self) -> TrajectoryStore:
+        """The store open for writing when that is safe (local, unlocked, writable), else read-only."""
+        path = self.store_path
+        if not is_url(path):  # object stores have no lock to respect
+            with contextlib.suppress(StoreLockedError, PermissionError, OSError):
+                return TrajectoryStore.open(path, mode="a")
+        return TrajectoryStore.open(path, storage_options=self.storage_options)
+
+    def prepare(self) -> WindowDataModule:
+        """Open the store, split its episodes and get the normalization (cached in the store if possible)."""
+        self._store_facts()
+        return self
+
+    def _store_facts(self) -> _StoreFacts:
+        if self._facts is not None:
+            return self._facts
+        store = self._open_for_cache()
+        try:
+            split = split_episodes(store, self.split_seed, self.val_fraction, self.test_fraction)
+            key = {"seed": self.split_seed, "val_fraction": self.val_fraction,
+                   "test_fraction": self.test_fraction}
+            self._facts = _StoreFacts(
+                schema=store.schema,
+                split=split,
+                fingerprint=store.fingerprint(),
+                normalization=normalization_for(store, split["train"], split_key=key),
+                episodes={name: usable_episodes(store, pos, self.window) for name, pos in split.items()},
+            )
+        finally:
+            store.close()
+        return self._facts
+
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    @property
+    def schema(self) -> StoreSchema:
+        return self._store_facts().schema
+
+    @property
+    def normalization(self) -> Normalization:
+        return self._store_facts().normalization
+
+    @property
+    def split(self) -> dict[str, np.ndarray]:
+        """Episode positions of "train", "val" and "test"."""
+        return self._store_facts().split
+
+    @property
+    def fingerprint(self) -> str:
+        return self._store_facts().fingerprint
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: WindowDataset) -> EpochDataLoader:
+        return EpochDataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> EpochDataLoader:
+        starts, lengths = self._store_facts().episodes["train"]
+        if not len(starts):
+            raise ValueError(f"{self.store_path}: no train episode holds a window of {self.window} rows")
+        loader = self._loader(WindowDataset(
+            self.store_path, starts, lengths, window=self.window, batch_size=self.batch_size,
+            cache_bytes=self.cache_bytes, seed=self.sample_seed, num_batches=self.batches_per_epoch,
+            storage_options=self.storage_options))
+        loader.position = self._trained_position
+        return loader
+
+    def _trained_position(self) -> TrainPosition | None:
+        """The next batch training takes, from the Trainer's progress (None without a fitting Trainer).
+
+        A checkpoint saved at the end of training batch i of epoch e resumes at batch i + 1; one saved in the
+        middle of batch i (the non-finite-loss guard's) at batch i; one saved after an epoch at the next.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        loop = trainer.fit_loop
+        # Lightning declares `current` as its base tracker; the fit loop's trackers count started and processed.
+        epochs: Any = loop.epoch_progress.current
+        total = trainer.num_training_batches
+        epoch_batches = int(total) if total != float("inf") else self.batches_per_epoch
+        if epochs.processed >= epochs.started:  # no epoch in progress
+            return TrainPosition(epochs.started, 0, epoch_batches)
+        batch_progress: Any = loop.epoch_loop.batch_progress.current
+        batches = batch_progress.processed
+        return TrainPosition(epochs.started - 1, batches, epoch_batches).normalized()
+
+    def _eval_loader(self, name: str) -> EpochDataLoader:
+        starts, lengths = self._store_facts().episodes[name]
+        windows = eval_starts(starts, lengths, self.window, self.val_batches * self.batch_size)
+        if not len(windows):
+            warnings.warn(f"{self.store_path}: the {name} split holds no window of {self.window} rows",
+                          stacklevel=3)
+        return self._loader(WindowDataset(
+            self.store_path, starts, lengths, window=self.window, batch_size=self.batch_size,
+            cache_bytes=self.cache_bytes, fixed_starts=windows, storage_options=self.storage_options))
+
+    def val_dataloader(self) -> EpochDataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> EpochDataLoader:
+        return self._eval_loader("test")
+
+
+def split_eval_windows(datamodule: WindowDataModule, split: str, length: int, max_windows: int = 256) -> Batch | None:
+    """`eval_windows` over one split ("train", "val", "test") of a WindowDataModule's store."""
+    with TrajectoryStore.open(datamodule.store_path, storage_options=datamodule.storage_options) as store:
+        return eval_windows(store, datamodule.split[split], length, max_windows)
