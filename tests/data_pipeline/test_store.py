@@ -133,7 +133,7 @@ def test_fsspec_urls(tmp_path, scheme):
     eps = make_tiny_episodes(schema, 3)
     with TrajectoryStore.create(url, schema, chunk_steps=5) as store:
         store.append(eps[:2])
-        with store.stream(episode_id=eps[2].episode_id, source="tiny", seed=2, flush_rows=2) as s:
+        with store.episode_writer(episode_id=eps[2].episode_id, source="tiny", seed=2, flush_rows=2) as s:
             for t in range(eps[2].num_rows):
                 s.add(obs=eps[2].obs[t], action=eps[2].action[t], reward=float(eps[2].reward[t]),
                       time=int(eps[2].time[t]))
@@ -398,32 +398,31 @@ def test_create_takes_the_lock(tiny_store):
 CRASHING_WRITER = """
     import os, signal, sys
     from conftest import make_tiny_episodes, make_tiny_schema
-    from data_pipeline.store import trajectory as store_mod
     from data_pipeline.store import TrajectoryStore
+    from data_pipeline.store.writer import StoreWriter
 
     path, mode, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     schema = make_tiny_schema()
     store = TrajectoryStore.create(path, schema, chunk_steps=16)
     batch = 0
-    if mode in ("data", "table"):
-        commit = store._commit_table
-        def dying_commit(entries):
+    # The commit's two steps (data_pipeline/store/writer.py): "data" dies after the data rows, before any
+    # table column; "table" dies after every table column, before the status (the commit point).
+    step = {"data": "write_table", "table": "write_status"}.get(mode)
+    if step is not None:
+        real = getattr(StoreWriter, step)
+        def dying(self, columns):
             if batch == kill_at:
-                if mode == "table":  # every table column but the status (the commit point)
-                    store_mod.EPISODE_VARS = store_mod.EPISODE_VARS[:-1]
-                    store._publish = lambda: None  # (the real commit publishes after the status only)
-                    commit(entries)
                 os.kill(os.getpid(), signal.SIGKILL)
-            commit(entries)
-        store._commit_table = dying_commit
+            real(self, columns)
+        setattr(StoreWriter, step, dying)
     while True:  # "loop": until the parent kills us
         store.append(make_tiny_episodes(schema, 3, seed=batch, id_prefix=f"b{batch}-"))
         print(batch, flush=True)
         batch += 1
         if mode == "stream" and batch == kill_at:
-            s = store.stream(episode_id="long", source="tiny", flush_rows=5)
+            w = store.episode_writer(episode_id="long", source="tiny", flush_rows=5)
             for i in range(40):
-                s.add(obs=[i, i, i], action=[0.0, 0.0], reward=1.0)
+                w.add(obs=[i, i, i], action=[0.0, 0.0], reward=1.0)
             os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -507,7 +506,7 @@ def test_failed_write_in_process_leaves_no_orphans(tiny_store, monkeypatch):
     with TrajectoryStore.open(tiny.path, mode="a") as store:
         def boom(entries):
             raise OSError("disk full")
-        monkeypatch.setattr(store, "_commit_table", boom)
+        monkeypatch.setattr(store, "commit_episodes", boom)
         with pytest.raises(OSError, match="disk full"):
             store.append(make_tiny_episodes(tiny.schema, 2, seed=1, id_prefix="lost-"))
         monkeypatch.undo()
@@ -538,7 +537,7 @@ def test_stream_equals_append(tmp_path, kind, flush_rows, timed):
         a.append(eps if timed else [dataclasses.replace(ep, time=None) for ep in eps])
     with TrajectoryStore.create(tmp_path / "s.zarr", schema, chunk_steps=4) as s:
         for ep in eps:
-            stream = s.stream(episode_id=ep.episode_id, source=ep.source, seed=ep.seed,
+            stream = s.episode_writer(episode_id=ep.episode_id, source=ep.source, seed=ep.seed,
                               start_time=None if timed else ep.start_time, flush_rows=flush_rows)
             for t in range(ep.num_rows):
                 last = t == ep.num_rows - 1
@@ -547,7 +546,7 @@ def test_stream_equals_append(tmp_path, kind, flush_rows, timed):
                            action=None if last else ep.action[t],
                            reward=None if last else float(ep.reward[t]),
                            time=int(ep.time[t]) if timed else None)
-                assert len(stream._rows) <= flush_rows + 1  # memory stays bounded
+                assert stream.pending <= flush_rows + 1  # memory stays bounded
             ended = dict(terminated=bool(ep.terminated[-1]), truncated=bool(ep.truncated[-1]))
             assert stream.commit(**ended) == ep.episode_id
     xr.testing.assert_identical(TrajectoryStore.open(tmp_path / "s.zarr").to_xarray().drop_attrs(),
@@ -562,7 +561,7 @@ def test_stream_rejects_bad_rows_and_leaves_store_untouched(tiny_store):
     with TrajectoryStore.open(tiny.path, mode="a") as store:
         # Time must keep increasing across written blocks: rows 0..1 are written on the third add,
         # rows 2..3 on the fifth, and the episode is dropped when that block fails.
-        s = store.stream(source="plc", flush_rows=2)
+        s = store.episode_writer(source="plc", flush_rows=2)
         for ns in (10, 20, 30, 25):
             s.add(**row, time=ns)
         with pytest.raises(DataValidationError, match=r"\(episode .*\): field 'time' is decreasing at row 3 "
@@ -570,29 +569,29 @@ def test_stream_rejects_bad_rows_and_leaves_store_untouched(tiny_store):
             s.add(**row, time=40)
         assert store.array("obs").shape[0] == store.num_steps  # the written block is gone again
         with pytest.raises(DataValidationError, match=r"'obs' has shape \(2,\) at row 1; expected \(3,\)"):
-            with store.stream(source="plc") as s:
+            with store.episode_writer(source="plc") as s:
                 s.add(**row)
                 s.add(obs=[0.0, 0.0], action=[0.0, 0.0], reward=0.0)
         with pytest.raises(DataValidationError, match=r"'action_1' of field 'action' is nan at row 2;"):
-            with store.stream(source="plc", flush_rows=1) as s:
+            with store.episode_writer(source="plc", flush_rows=1) as s:
                 for action in ([0, 0], [0, 0], [0, np.nan]):
                     s.add(obs=[0, 0, 0], action=action, reward=0.0)
                 s.add(obs=[0, 0, 0])
         with pytest.raises(DataValidationError, match=r"0 transitions \(1 rows\); expected at least 1"):
-            with store.stream(source="plc") as s:
+            with store.episode_writer(source="plc") as s:
                 s.add(obs=[0, 0, 0])
         with pytest.raises(DataValidationError, match="'time' is given at row 1; expected it on every"):
-            with store.stream(source="plc") as s:
+            with store.episode_writer(source="plc") as s:
                 s.add(**row)
                 s.add(obs=[0, 0, 0], time=5)
         with pytest.raises(DataValidationError, match="episode_id 's0-0' is already in the store"):
-            store.stream(episode_id="s0-0")
-        with pytest.raises(RuntimeError, match="boom"), store.stream(source="plc", flush_rows=1) as s:
+            store.episode_writer(episode_id="s0-0")
+        with pytest.raises(RuntimeError, match="boom"), store.episode_writer(source="plc", flush_rows=1) as s:
             for _ in range(5):
                 s.add(**row)
             raise RuntimeError("boom")
-        s = store.stream()
-        with pytest.raises(RuntimeError, match="being streamed"):
+        s = store.episode_writer()
+        with pytest.raises(RuntimeError, match="an episode is being written"):
             store.append(make_tiny_episodes(tiny.schema, 1, seed=8))
         s.add(**row)
         s.add(**row)
