@@ -203,10 +203,14 @@ class TrajectoryStore:
         """
         return table.episode_index(self.episodes()["id"].to_numpy(), key, where=self.path)
 
-    def episode_rows(self, key: int | str) -> tuple[int, int]:
-        """Rows [start, stop) along `step` of a committed episode given by position or id."""
-        row = self.episodes().iloc[self.episode_index(key)]
-        return int(row["start"]), int(row["start"] + row["length"])
+    def episode_rows(self, keys: Sequence[int | str]) -> list[tuple[int, int]]:
+        """Rows [start, stop) along `step` of committed episodes given by position or id, in the order given."""
+        committed = self.episodes()
+        ids = committed["id"].to_numpy()
+        starts = committed["start"].to_numpy(np.int64)
+        stops = starts + committed["length"].to_numpy(np.int64)
+        positions = [table.episode_index(ids, key, where=self.path) for key in keys]
+        return [(int(starts[i]), int(stops[i])) for i in positions]
 
     def fingerprint(self) -> str:
         """A short hash of the schema and the committed episodes (ids and lengths): dataset lineage."""
@@ -342,8 +346,8 @@ class TrajectoryStore:
 
     def read_episode(self, which: int | str) -> Episode:
         """One committed episode by position or id (its last row holds the NaN / -1 fill)."""
-        i = self.episode_index(which)
-        row = self.episodes().iloc[i]
+        committed = self.episodes()
+        row = committed.iloc[table.episode_index(committed["id"].to_numpy(), which, where=self.path)]
         a, b = int(row["start"]), int(row["start"] + row["length"])
 
         def get(name: str) -> np.ndarray | None:
@@ -384,6 +388,7 @@ class TrajectoryStore:
 
         `episode_start` keeps counting rows of the whole store.
         """
-        positions = [self.episode_index(e) for e in episodes]
-        steps = reader.select_rows(self.episodes(), positions)
-        return self.to_xarray().isel(step=steps, episode=positions)
+        committed = self.episodes()
+        ids = committed["id"].to_numpy()
+        positions = [table.episode_index(ids, e, where=self.path) for e in episodes]
+        return self.to_xarray().isel(step=reader.select_rows(committed, positions), episode=positions)

@@ -27,9 +27,10 @@ from data_pipeline.store import (
     StoreCorruptionError,
     StoreLockedError,
     TrajectoryStore,
+    episode_index,
     lock_path_of,
 )
-from data_pipeline.validate import DataValidationError
+from data_pipeline.validate import DataValidationError, check_schema_compatible
 
 STEP_VARS = ["obs", "image", "action", "reward", "terminated", "truncated", "is_first", "is_last", "time"]
 
@@ -173,6 +174,48 @@ def test_select_and_fingerprint(tiny_store):
         store.read_episode("nope")
     with pytest.raises(IndexError, match="out of range"):
         store.read_episode(99)
+
+
+def test_episode_lookup_by_position_or_id(tiny_store):
+    tiny = tiny_store(episodes=[3, 5, 2])
+    store = TrajectoryStore.open(tiny.path)
+    ids = [ep.episode_id for ep in tiny.episodes]
+    assert [store.episode_index(i) for i in range(3)] == [0, 1, 2]
+    assert [store.episode_index(e) for e in ids] == [0, 1, 2]
+    assert store.episode_index(np.int64(2)) == 2
+    assert store.episode_rows([2, ids[0], 1]) == [(10, 13), (0, 4), (4, 10)]
+    assert episode_index(np.array(ids, dtype=object), ids[1], where="x") == 1
+    with pytest.raises(KeyError, match=f"{tiny.path} has no committed episode with id 'nope'"):
+        store.episode_rows(["nope"])
+    for position in (3, -1):  # a position names one table row: no Python-style negative positions
+        with pytest.raises(IndexError, match=rf"episode {position} out of range; .* has 3 committed episodes "
+                                             r"\(0..2\)"):
+            store.episode_index(position)
+    with pytest.raises(IndexError, match="has no committed episodes"):
+        episode_index([], 0, where="empty.zarr")
+
+
+def test_schema_compatibility():
+    store = make_tiny_schema()
+    check_schema_compatible(store, dataclasses.replace(store), use="append", where="same")
+    renamed = dataclasses.replace(store, obs_channels=["a", "b", "c"])
+    for use in ("append", "model"):
+        with pytest.raises(DataValidationError, match="obs_channels"):
+            check_schema_compatible(store, renamed, use=use, where="x")
+    # Units and dt are the data's business, not the model's: drift on append, fine for a model.
+    for other, words in [(dataclasses.replace(store, obs_units=["s", "s", "s"]),
+                          "x: schema field 'obs_units' is ['s', 's', 's']; the store has ['m', 'm', 'm'] "
+                          "(schema drift on append)"),
+                         (dataclasses.replace(store, dt=0.2), "x: schema field 'dt' is 0.2 s; the store has 0.1 s")]:
+        check_schema_compatible(store, other, use="model", where="x")
+        with pytest.raises(DataValidationError) as err:
+            check_schema_compatible(store, other, use="append", where="x")
+        assert words in str(err.value)
+    discrete = make_tiny_schema(action="discrete")
+    with pytest.raises(DataValidationError, match=r"store p.zarr: the model was trained on action_channels "
+                                                  r"\['action'\], but the store has \['action_0', 'action_1'\]; "
+                                                  r"use the store"):
+        check_schema_compatible(store, discrete, use="model", where="store p.zarr")
 
 
 # ---------------------------------------------------------------- ragged episodes (property-based)
