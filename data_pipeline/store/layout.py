@@ -13,6 +13,8 @@ import zarr
 
 from data_pipeline.schema import DISCRETE_FILL, EPISODE_VARS, SCHEMA_VERSION, STEP_VARS, StoreSchema
 from data_pipeline.store.codecs import compressors
+from data_pipeline.store.paths import local_path, zarr_path
+from data_pipeline.validate import DataValidationError
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # ≥ 1 MiB per chunk along `step` (contract 1)
 TABLE_CHUNK = 4096
@@ -36,6 +38,41 @@ LONG_NAMES = {
     "episode_start_time": "start time, ns since 1970-01-01T00:00:00Z",
     "episode_status": "1 = committed; anything else is an unfinished write",
 }
+
+
+def create_store_group(path: str, schema: StoreSchema, chunk_steps: int, *, overwrite: bool,
+                       storage_options: dict[str, Any] | None) -> zarr.Group:
+    """The root group of a new, empty store; an existing local directory is replaced only with `overwrite`."""
+    local = local_path(path)
+    if local is not None and local.exists() and any(local.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) or choose another path")
+    group = zarr.open_group(zarr_path(path), mode="w" if overwrite else "w-", zarr_format=3,
+                            storage_options=storage_options)
+    create_arrays(group, schema, chunk_steps)
+    return group
+
+
+def open_store_group(path: str, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    """The root group of an existing store (`mode` "r" or "a"), refusing a group that is no twinworld
+    store or whose schema major version this code does not read."""
+    # Not the consolidated metadata: it is a snapshot for plain xarray readers, and a writer or a live
+    # reader needs the current array shapes.
+    group = zarr.open_group(zarr_path(path), mode="r" if mode == "r" else "r+", zarr_format=3,
+                            storage_options=storage_options, use_consolidated=False)
+    if "schema" not in group.attrs:
+        raise DataValidationError(f"{path}: zarr group has no 'schema' attribute; not a twinworld store")
+    version = str(group.attrs.get("schema_version", "?"))
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise DataValidationError(f"{path}: schema_version {version}; this twinworld reads {SCHEMA_VERSION}")
+    return group
+
+
+def read_schema(group: zarr.Group, path: str) -> StoreSchema:
+    """The StoreSchema in the group's `schema` attribute."""
+    schema = group.attrs["schema"]
+    if not isinstance(schema, dict):
+        raise DataValidationError(f"{path}: attribute 'schema' is {type(schema).__name__}; expected a mapping")
+    return StoreSchema.from_attrs(dict(schema))
 
 
 def array_of(group: zarr.Group, name: str) -> zarr.Array:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -25,15 +24,14 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from data_pipeline.schema import SCHEMA_VERSION, Episode, StoreSchema
-from data_pipeline.store import reader, table
+from data_pipeline.schema import Episode, StoreSchema
+from data_pipeline.store import layout, reader, table
 from data_pipeline.store.episode_writer import EpisodeWriter
-from data_pipeline.store.layout import DEFAULT_CHUNK_BYTES, array_of, chunk_steps_for, create_arrays, step_vars_of
 from data_pipeline.store.lock import WriterLock, acquire_writer_lock, release_writer_lock
-from data_pipeline.store.paths import local_path, zarr_path
+from data_pipeline.store.paths import local_path
 from data_pipeline.store.table import TableRow
-from data_pipeline.store.writer import StoreWriter, pack_episodes, remove_partial_files
-from data_pipeline.validate import DataValidationError, validate_episode
+from data_pipeline.store.writer import StoreWriter, pack_episodes, remove_partial_files, validated_ids
+from data_pipeline.validate import DataValidationError
 
 StorageOptions = dict[str, Any] | None
 
@@ -46,10 +44,7 @@ class TrajectoryStore:
         self.mode = mode
         self.storage_options = storage_options
         self._group = group
-        schema = group.attrs["schema"]
-        if not isinstance(schema, dict):
-            raise DataValidationError(f"{path}: attribute 'schema' is {type(schema).__name__}; expected a mapping")
-        self.schema = StoreSchema.from_attrs(dict(schema))
+        self.schema = layout.read_schema(group, path)
         self._members = set(group.array_keys())
         self._arrays: dict[str, zarr.Array] = {}  # for reads; refreshed when a read goes past its shape
         self._table_cache: pd.DataFrame | None = None
@@ -65,7 +60,7 @@ class TrajectoryStore:
         path: str | os.PathLike[str],
         schema: StoreSchema,
         *,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,
         chunk_steps: int | None = None,
         overwrite: bool = False,
         storage_options: StorageOptions = None,
@@ -77,14 +72,8 @@ class TrajectoryStore:
         path = str(path)
         writer_lock = acquire_writer_lock(path)
         try:
-            local = local_path(path)
-            if local is not None and local.exists() and any(local.iterdir()) and not overwrite:
-                raise FileExistsError(
-                    f"{path} already exists; pass overwrite=True (--overwrite) or choose another path"
-                )
-            group = zarr.open_group(zarr_path(path), mode="w" if overwrite else "w-", zarr_format=3,
-                                    storage_options=storage_options)
-            create_arrays(group, schema, chunk_steps or chunk_steps_for(schema, chunk_bytes))
+            group = layout.create_store_group(path, schema, chunk_steps or layout.chunk_steps_for(schema, chunk_bytes),
+                                       overwrite=overwrite, storage_options=storage_options)
         except BaseException:
             release_writer_lock(writer_lock)
             raise
@@ -110,15 +99,7 @@ class TrajectoryStore:
             raise FileNotFoundError(f"{path}: no trajectory store here (no zarr.json)")
         writer_lock = acquire_writer_lock(path) if mode == "a" else None
         try:
-            # Not the consolidated metadata: it is a snapshot for plain xarray readers, and a writer
-            # or a live reader needs the current array shapes.
-            group = zarr.open_group(zarr_path(path), mode="r" if mode == "r" else "r+", zarr_format=3,
-                                    storage_options=storage_options, use_consolidated=False)
-            if "schema" not in group.attrs:
-                raise DataValidationError(f"{path}: zarr group has no 'schema' attribute; not a twinworld store")
-            version = str(group.attrs.get("schema_version", "?"))
-            if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-                raise DataValidationError(f"{path}: schema_version {version}; this twinworld reads {SCHEMA_VERSION}")
+            group = layout.open_store_group(path, mode, storage_options)
             store = cls(path, group, mode, storage_options)
         except FileNotFoundError as err:
             release_writer_lock(writer_lock)
@@ -157,14 +138,14 @@ class TrajectoryStore:
     # ------------------------------------------------------------------ what the store holds
     def array(self, name: str) -> zarr.Array:
         """The raw zarr array of a variable (reads past the committed end are the caller's concern)."""
-        return array_of(self._group, name)
+        return layout.array_of(self._group, name)
 
     def has(self, name: str) -> bool:
         return name in self._members or name in self._group
 
     @property
     def step_vars(self) -> list[str]:
-        return step_vars_of(self._members)
+        return layout.step_vars_of(self._members)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -241,12 +222,8 @@ class TrajectoryStore:
             return []
         if writer.dirty:
             self.discard_uncommitted()  # leftovers of a write that failed in this process
-        existing = set(self.episodes()["id"])
-        ids = []
-        for ep in episodes:
-            validate_episode(ep, self.schema, source=source, min_transitions=min_transitions, existing_ids=existing)
-            ids.append(ep.episode_id if ep.episode_id is not None else uuid.uuid4().hex[:12])
-            existing.add(ids[-1])
+        ids = validated_ids(self.schema, episodes, set(self.episodes()["id"]), source=source,
+                            min_transitions=min_transitions)
         rows, table_rows = pack_episodes(self.schema, episodes, ids, self.step_vars, self.num_steps)
         self.write_rows(rows)
         self.commit_episodes(table_rows)
@@ -341,7 +318,7 @@ class TrajectoryStore:
         """
         arr = self._arrays.get(name)
         if arr is None or arr.shape[0] < stop:
-            arr = self._arrays[name] = array_of(self._group, name)
+            arr = self._arrays[name] = layout.array_of(self._group, name)
         return reader.read_checked(arr, name, start, stop, where=self.path)
 
     def read_episode(self, which: int | str) -> Episode:
@@ -350,20 +327,10 @@ class TrajectoryStore:
         row = committed.iloc[table.episode_index(committed["id"].to_numpy(), which, where=self.path)]
         a, b = int(row["start"]), int(row["start"] + row["length"])
 
-        def get(name: str) -> np.ndarray | None:
-            return self.read_rows(name, a, b) if self.has(name) else None
-
-        def need(name: str) -> np.ndarray:
-            return self.read_rows(name, a, b)
-
+        rows = {name: self.read_rows(name, a, b) for name in ("obs", "image", "action", "reward", "terminated",
+                                                               "truncated", "time") if self.has(name)}
         return Episode(
-            obs=get("obs"),
-            image=get("image"),
-            action=need("action"),
-            reward=need("reward"),
-            terminated=need("terminated"),
-            truncated=need("truncated"),
-            time=need("time"),
+            **rows,
             episode_id=str(row["id"]),
             source=str(row["source"]),
             seed=int(row["seed"]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time as _time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from data_pipeline.schema import EPISODE_VARS, Episode, StoreSchema
 from data_pipeline.store.codecs import consolidate
 from data_pipeline.store.layout import array_of, episode_rows
 from data_pipeline.store.table import TableRow
+from data_pipeline.validate import validate_episode
 
 # zarr's LocalStore writes each file to `<name>.<uuid hex>.partial` and renames it into place; a
 # SIGKILL between the two leaves the temporary file behind.
@@ -94,6 +96,18 @@ def remove_partial_files(local: Path) -> None:
     """Delete the temporary files of writes killed between zarr's write and its rename."""
     for partial in [p for p in local.rglob("*.partial") if _PARTIAL.search(p.name)]:
         partial.unlink(missing_ok=True)
+
+
+def validated_ids(schema: StoreSchema, episodes: Sequence[Episode], existing_ids: set[str], *,
+                  source: str | None, min_transitions: int) -> list[str]:
+    """Validate every episode before any is written; return their ids (given, or new random ones)."""
+    existing = set(existing_ids)
+    ids = []
+    for ep in episodes:
+        validate_episode(ep, schema, source=source, min_transitions=min_transitions, existing_ids=existing)
+        ids.append(ep.episode_id if ep.episode_id is not None else uuid.uuid4().hex[:12])
+        existing.add(ids[-1])
+    return ids
 
 
 def pack_episodes(schema: StoreSchema, episodes: Sequence[Episode], ids: Sequence[str], step_vars: Sequence[str],
