@@ -3,7 +3,7 @@ tail back off (docs/data-format.md, "Commit protocol").
 
 A commit (`TrajectoryStore.commit_episodes`) is `StoreWriter.write_table` (every table column but the
 status), then `StoreWriter.write_status` (the commit point), then `publish` (the consolidated metadata).
-tests/data_pipeline/test_store.py kills a writer inside each step to prove that committed episodes
+tests/data_pipeline/test_store_writers.py kills a writer inside each step to prove that committed episodes
 survive any crash; keep the two steps apart.
 """
 
