@@ -6,7 +6,7 @@ Infinite bounds are written as the strings "inf" / "-inf" so the result is stric
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from gymnasium import spaces
@@ -55,6 +55,6 @@ def space_from_dict(data: dict[str, Any]) -> spaces.Space:
     raise ValueError(f"space description has type {kind!r}; expected 'Box' or 'Discrete'")
 
 
-def is_image_space(space: spaces.Space) -> bool:
+def is_image_space(space: spaces.Space) -> TypeGuard[spaces.Box]:
     """True for uint8 Box spaces shaped (height, width, channels)."""
     return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3

@@ -10,10 +10,10 @@ from data_pipeline.store import TrajectoryStore
 
 
 def _ranges(store: TrajectoryStore, episodes: Sequence[int] | None) -> list[tuple[int, int]]:
-    table = store.episodes()
     if episodes is None:
-        return [(0, store.num_steps)] if len(table) else []
-    return [(int(table["start"].iloc[i]), int(table["start"].iloc[i] + table["length"].iloc[i])) for i in episodes]
+        end = store.num_steps
+        return [(0, end)] if end else []
+    return store.episode_rows(episodes)
 
 
 def channel_stats(

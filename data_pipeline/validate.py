@@ -7,6 +7,7 @@ field (variable or channel), the row, and what was expected. Nothing is written 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,10 +23,10 @@ def _where(ep: Episode, source: str | None) -> str:
     return f"{src}" + (f" (episode {ep.episode_id})" if ep.episode_id else "")
 
 
-def _first_bad_row(mask: np.ndarray) -> tuple[int, int | None]:
-    """Row (and column, for 2-D masks) of the first True in `mask`."""
-    idx = np.argwhere(mask)[0]
-    return int(idx[0]), (int(idx[1]) if idx.shape[0] > 1 else None)
+def _first_bad_cell(mask: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the first True in a 2-D `mask`."""
+    row, col = np.argwhere(mask)[0]
+    return int(row), int(col)
 
 
 def validate_rows(
@@ -71,7 +72,7 @@ def validate_rows(
         with np.errstate(over="ignore"):
             bad = ~np.isfinite(obs.astype(np.float32, copy=False))
         if bad.any():
-            row, col = _first_bad_row(bad)
+            row, col = _first_bad_cell(bad)
             raise DataValidationError(
                 f"{where}: channel '{schema.obs_channels[col]}' of field 'obs' is {obs[row, col]} at row "
                 f"{row0 + row}; expected a finite float32 number (choose a nan_policy in the ingest spec "
@@ -119,7 +120,7 @@ def validate_rows(
             )
         bad = ~np.isfinite(action[body].astype(np.float32, copy=False))
         if bad.any():
-            row, col = _first_bad_row(bad)
+            row, col = _first_bad_cell(bad)
             raise DataValidationError(
                 f"{where}: channel '{schema.action_channels[col]}' of field 'action' is "
                 f"{action[row, col]} at row {row0 + row}; expected a finite number "
@@ -185,22 +186,60 @@ def validate_episode(
         )
 
 
-def check_schema_matches(stored: StoreSchema, incoming: StoreSchema, *, source: str) -> None:
-    """Refuse an append whose schema differs from the store's (schema drift)."""
-    for name in ("obs_channels", "obs_units", "action_channels", "action_units", "image_shape"):
-        a, b = getattr(stored, name), getattr(incoming, name)
-        if (list(a) if a is not None else None) != (list(b) if b is not None else None):
+SchemaUse = Literal["append", "model"]
+
+# The fields each use depends on, in the order they are checked (the first difference is reported).
+_APPEND_FIELDS = ("obs_channels", "obs_units", "action_channels", "action_units", "image_shape",
+                  "observation_space", "action_space", "reward_unit", "dt")
+
+
+def _fields(schema: StoreSchema, use: SchemaUse) -> list[tuple[str, Any]]:
+    """(name, value) of the fields `use` depends on, in the order they are checked."""
+    if use == "append":
+        return [(name, getattr(schema, name)) for name in _APPEND_FIELDS]
+    return [
+        ("obs_channels", schema.obs_channels),
+        ("action_channels", schema.action_channels),
+        ("image_shape", schema.image_shape),
+        ("action_space", schema.gym_action_space()),
+        ("observation_space shape", schema.gym_observation_space().shape),
+    ]
+
+
+def _same(name: str, a: Any, b: Any) -> bool:
+    if name == "dt":
+        return abs(a - b) <= 1e-12 * max(1.0, a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return list(a) == list(b)
+    return bool(a == b)
+
+
+def check_schema_compatible(store: StoreSchema, other: StoreSchema, *, use: SchemaUse, where: str) -> None:
+    """Refuse `other` where it differs from the store's schema in a field that `use` depends on.
+
+    - `use="append"`: data written into the store (`other` is the incoming data's schema) must match
+      it in every field the store records: channel names and units, image shape, both spaces, reward
+      unit and dt. A difference is schema drift.
+    - `use="model"`: a model trained on data of schema `other` runs on the store when channel names,
+      image shape, action space and observation-space shape agree (units and dt may differ).
+
+    Raises DataValidationError (a ValueError) naming `where`, the field, both values and what is expected.
+    """
+    for (name, a), (_, b) in zip(_fields(store, use), _fields(other, use), strict=True):
+        if _same(name, a, b):
+            continue
+        if use == "model":
             raise DataValidationError(
-                f"{source}: schema field '{name}' is {b}; the store has {a} (schema drift on append)"
+                f"{where}: the model was trained on {name} {b}, but the store has {a}; "
+                "use the store the model was trained on (or one with the same schema)"
             )
-    for name in ("observation_space", "action_space", "reward_unit"):
-        a, b = getattr(stored, name), getattr(incoming, name)
-        if a != b:
-            raise DataValidationError(
-                f"{source}: schema field '{name}' is {b}; the store has {a} (schema drift on append)"
-            )
-    if abs(stored.dt - incoming.dt) > 1e-12 * max(1.0, stored.dt):
+        unit = " s" if name == "dt" else ""
         raise DataValidationError(
-            f"{source}: schema field 'dt' is {incoming.dt} s; the store has {stored.dt} s "
-            "(schema drift on append)"
+            f"{where}: schema field '{name}' is {b}{unit}; the store has {a}{unit} (schema drift on append)"
         )
+
+
+def check_schema_matches(stored: StoreSchema, incoming: StoreSchema, *, source: str) -> None:
+    """Refuse an append whose schema differs from the store's (schema drift): `check_schema_compatible`
+    with `use="append"`, under the name record / ingest / stream call today."""
+    check_schema_compatible(stored, incoming, use="append", where=source)

@@ -2,16 +2,27 @@
 
 | module | job |
 | --- | --- |
-| `trajectory` | `TrajectoryStore`: create / open / append / read a Zarr v3 trajectory store |
+| `trajectory` | `TrajectoryStore`: create / open / append / read a store (puts the parts below together) |
+| `layout` | the arrays, dims, chunk sizes and attrs of a store; how an episode's rows are encoded |
+| `table` | the episode table: its rows, the commit status, episode lookup by position or id |
+| `writer` | uncommitted data rows, the two-step commit, cutting an uncommitted tail off |
+| `reader` | rows with corruption detection, the committed part as xarray, the fingerprint |
+| `episode_writer` | `EpisodeWriter`: one episode written row by row (live sources) |
 | `paths` | the local-path test, the lock file's name |
 | `lock` | the one-writer lock (`filelock`) |
 | `codecs` | Zarr compressors and metadata consolidation |
 | `files` | the atomic file write |
 """
 
+from data_pipeline.store.episode_writer import EpisodeWriter
+from data_pipeline.store.layout import CHANNEL_COORDS
 from data_pipeline.store.lock import StoreLockedError
 from data_pipeline.store.paths import lock_path_of
-from data_pipeline.store.trajectory import CHANNEL_COORDS, EpisodeStream, StoreCorruptionError, TrajectoryStore
+from data_pipeline.store.reader import StoreCorruptionError
+from data_pipeline.store.table import TableRow, episode_index
+from data_pipeline.store.trajectory import TrajectoryStore
 
-__all__ = ["CHANNEL_COORDS", "EpisodeStream", "StoreCorruptionError", "StoreLockedError", "TrajectoryStore",
-           "lock_path_of"]
+EpisodeStream = EpisodeWriter  # the old name; data_pipeline/stream.py switches at the issue-12 merge
+
+__all__ = ["CHANNEL_COORDS", "EpisodeStream", "EpisodeWriter", "StoreCorruptionError", "StoreLockedError",
+           "TableRow", "TrajectoryStore", "episode_index", "lock_path_of"]
