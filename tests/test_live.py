@@ -274,7 +274,7 @@ def train_tiny_pendulum(schema: StoreSchema, samples: list[list[dict]], steps: i
 @pytest.fixture(scope="module")
 def live_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A spec, a tiny Pendulum ensemble and its calibration (window 3) on normal episodes."""
-    from data_pipeline.ingest_spec import IngestSpec
+    from data_pipeline.ingest import IngestSpec
     from data_pipeline.schema import Episode
     from worldmodel.anomaly import main as calibrate_main
 
@@ -306,7 +306,7 @@ def faulty_episode(seed: int = 20, onset: int = 80) -> list[dict]:
 
 def test_live_command_mirrors_scores_and_alerts(tmp_path: Path, live_setup: dict[str, str]) -> None:
     spec_path, schema = live_setup["spec"], None
-    from data_pipeline.ingest_spec import IngestSpec
+    from data_pipeline.ingest import IngestSpec
 
     schema = IngestSpec.from_yaml(spec_path).schema({})
     live = faulty_episode()

@@ -492,7 +492,7 @@ def _alert_sink(topic: str | None, source: Any) -> Any:
 
 def run_live(args: argparse.Namespace) -> dict[str, Any]:
     """`python -m envs.live`: stream + twin + anomaly scores until the source ends or SIGINT / SIGTERM."""
-    from data_pipeline.ingest_spec import IngestSpec
+    from data_pipeline.ingest import IngestSpec
     from data_pipeline.stream import StreamConfig, StreamIngest, make_source, open_or_create, run
     from envs.twin import check_compatible
 

@@ -19,8 +19,7 @@ import pytest
 import yaml
 from conftest import subprocess_env
 
-from data_pipeline.ingest import episodes_of, read_log
-from data_pipeline.ingest_spec import IngestSpec
+from data_pipeline.ingest import IngestSpec, episodes_of, read_log
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.stream import ReorderBuffer, Sample, StreamConfig, StreamDataError, StreamIngest, decode
 

@@ -20,7 +20,7 @@ from data_pipeline.ingest import IngestSpec, SpecError, ingest_file
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.validate import DataValidationError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def base_spec(**over: Any) -> dict[str, Any]:
@@ -329,12 +329,12 @@ def test_bad_input_is_rejected_and_the_store_untouched(tmp_path: Path, name: str
     ({"dt": None}, ["'dt'", "missing"]),
     ({"nan_policy": "ignore"}, ["'nan_policy'", "'interpolate'"]),
     ({"nan_policy": "fill"}, ["'fill_value'", "missing"]),
-    ({"observation": {"channels": [{"name": "x"}]}}, ["'observation.channels[0].column'", "missing"]),
+    ({"observation": {"channels": [{"name": "x"}]}}, ["'observation.channels.0.column'", "missing"]),
     ({"observation": {"channels": ["temp"], "resample": "cubic"}}, ["'observation.resample'", "'hold'"]),
     ({"action": {"type": "discrete", "channels": ["heater"], "resample": "hold"}}, ["'action.n'", "missing"]),
     ({"action": {"type": "discrete", "n": 2, "channels": ["heater"], "resample": "interpolate"}},
      ["'action.resample'", "'hold'"]),
-    ({"sampling": 3}, ["'sampling'", "not a spec key"]),
+    ({"sampling": 3}, ["'sampling'", "not a known key"]),
     ({"timestamp": {"column": "t", "unit": "minutes"}}, ["'timestamp.unit'", "'ms'"]),
 ])
 def test_spec_errors_name_the_key(change: dict, words: list[str]) -> None:
