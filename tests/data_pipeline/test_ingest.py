@@ -336,6 +336,14 @@ def test_bad_input_is_rejected_and_the_store_untouched(tmp_path: Path, name: str
      ["'action.resample'", "'hold'"]),
     ({"sampling": 3}, ["'sampling'", "not a known key"]),
     ({"timestamp": {"column": "t", "unit": "minutes"}}, ["'timestamp.unit'", "'ms'"]),
+    ({"timestamp": {"column": "t", "unit": "s", "format": "%H:%M"}}, ["'timestamp.format'", "unit: datetime"]),
+    ({"observation": {"channels": ["temp", {"column": "level", "name": "temp"}]}},
+     ["'observation.channels.1.name'", "'temp'", "observation.channels.0.name"]),
+    ({"observation": {"channels": [{"column": "temp", "low": 5, "high": 1}]}},
+     ["'observation.channels.0.high'", "high > low"]),
+    ({"observation": {"channels": ["temp"], "type": "box"}}, ["'observation.type'", "not a known key"]),
+    ({"min_transitions": 0}, ["'min_transitions'", "greater than or equal to 1"]),
+    ({"action": {"type": "discrete", "n": 3, "channels": ["heater", "temp"]}}, ["'action.channels'", "exactly one"]),
 ])
 def test_spec_errors_name_the_key(change: dict, words: list[str]) -> None:
     spec = base_spec(**change)
@@ -344,6 +352,17 @@ def test_spec_errors_name_the_key(change: dict, words: list[str]) -> None:
         IngestSpec.from_dict(spec, source="spec.yaml")
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+def test_spec_file_refuses_duplicate_keys_and_reads_null_as_absent(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(base_spec()) + "dt: 0.2\n")  # dt twice: PyYAML would keep the last
+    with pytest.raises(SpecError, match="spec.yaml:[0-9]+: duplicate key 'dt'"):
+        IngestSpec.from_yaml(path)
+    spec = IngestSpec.from_dict(base_spec(max_gap=None, reward=None, min_transitions=None))
+    assert spec.max_gap is None and spec.reward is None and spec.min_transitions == 1
+    assert spec.max_gap_of("observation") == pytest.approx(0.5)  # 5 * dt
+    assert spec.raw["max_gap"] is None  # the provenance keeps the spec as written
 
 
 def test_example_spec_ingests_a_tank_log_and_is_the_documented_one(tmp_path: Path) -> None:
