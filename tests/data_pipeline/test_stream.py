@@ -144,6 +144,21 @@ def test_stream_and_csv_ingest_read_time_and_ranges_alike(tmp_path: Path, timest
         assert expected in str(streamed.value) and expected in str(ingested.value)
 
 
+@pytest.mark.parametrize(("policy", "expected"), [("error", None), ("drop", []), ("fill", [-1.0, 0.5]),
+                                                  ("interpolate", [np.nan, 0.5])])
+def test_decode_applies_the_nan_policy(tmp_path: Path, policy: str, expected: list | None) -> None:
+    """A written NaN follows nan_policy as in the CSV ingest; a live `interpolate` leaves it to the resampling."""
+    spec_dict = {**PENDULUM_SPEC, "nan_policy": policy, **({"fill_value": -1.0} if policy == "fill" else {})}
+    spec = IngestSpec.from_yaml(write_spec(tmp_path, spec_dict))
+    message = '{"t": 1, "cos_theta": NaN, "sin_theta": 0.5}'
+    if expected is None:
+        with pytest.raises(StreamDataError, match="key 'cos_theta' is nan; expected a finite number"):
+            decode(message, spec)
+        return
+    samples = decode(message, spec)
+    assert [s.values[:2].tolist() for s in samples] == ([] if not expected else [pytest.approx(expected, nan_ok=True)])
+
+
 def test_reorder_buffer_sorts_merges_and_flags() -> None:
     buf = ReorderBuffer(window=1.0)
 
