@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_pipeline.batch import Batch  # noqa: E402
-from data_pipeline.ingest_spec import IngestSpec  # noqa: E402
+from data_pipeline.ingest import IngestSpec  # noqa: E402
 from data_pipeline.record import record  # noqa: E402
 from data_pipeline.store import TrajectoryStore  # noqa: E402
 from data_pipeline.stream import Block, StreamConfig, StreamIngest  # noqa: E402

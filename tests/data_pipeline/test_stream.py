@@ -19,10 +19,10 @@ import pytest
 import yaml
 from conftest import subprocess_env
 
-from data_pipeline.ingest import episodes_of, read_log
-from data_pipeline.ingest_spec import IngestSpec
+from data_pipeline.ingest import IngestSpec, episodes_of, read_log
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.stream import ReorderBuffer, Sample, StreamConfig, StreamDataError, StreamIngest, decode
+from data_pipeline.validate import DataValidationError
 
 PENDULUM_SPEC = {
     "timestamp": {"column": "t", "unit": "s"}, "dt": 0.05,
@@ -111,6 +111,52 @@ def test_decode_maps_columns_and_names_bad_keys(tmp_path: Path) -> None:
         decode('{"t": 1, "torque": "high"}', spec)
     with pytest.raises(StreamDataError, match="not JSON"):
         decode("t=1", spec)
+
+
+@pytest.mark.parametrize(("timestamp", "times"), [
+    ({"column": "t", "unit": "s"}, [0.1, 0.30000000000000004, 1.0000000005, 2]),
+    ({"column": "t", "unit": "ms"}, [100, 250, 1000, 2500]),
+    ({"column": "t", "unit": "datetime", "format": "%d/%m/%Y %H:%M:%S.%f"},
+     ["01/05/2024 12:00:00.100000", "01/05/2024 12:00:00.250000", "01/05/2024 12:00:01.000000",
+      "01/05/2024 12:00:02.500000"]),
+])
+def test_stream_and_csv_ingest_read_time_and_ranges_alike(tmp_path: Path, timestamp: dict, times: list) -> None:
+    """One home for the rules (data_pipeline.ingest.readings): the same timestamps give the same ns, and
+    the same out-of-range reading is refused with the same expectation."""
+    spec_dict = {"timestamp": timestamp, "dt": 0.05,
+                 "observation": {"channels": [{"column": "x", "low": 0, "high": 1}]},
+                 "action": {"type": "discrete", "n": 3, "start": 1, "channels": ["u"]}}
+    spec = IngestSpec.from_yaml(write_spec(tmp_path, spec_dict))
+    rows = [{"t": t, "x": 0.5, "u": 2} for t in times]
+    csv = tmp_path / "log.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    from_csv = read_log(str(csv), "csv", spec).time_ns
+    from_stream = [s.time_ns for r in rows for s in decode(json.dumps(r), spec)]
+    assert from_stream == from_csv.tolist()
+    for bad, expected in (({"x": 1.5}, "expected a number in [0.0, 1.0] (low/high of channel 'x')"),
+                          ({"u": 4}, "expected an integer in [1, 3] (action.n/start of channel 'u')"),
+                          ({"u": 1.5}, "expected an integer in [1, 3] (action.n/start of channel 'u')")):
+        with pytest.raises(StreamDataError) as streamed:
+            decode(json.dumps({**rows[0], **bad}), spec)
+        pd.DataFrame([rows[0], {**rows[1], **bad}]).to_csv(csv, index=False)
+        with pytest.raises(DataValidationError) as ingested:
+            read_log(str(csv), "csv", spec)
+        assert expected in str(streamed.value) and expected in str(ingested.value)
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("error", None), ("drop", []), ("fill", [-1.0, 0.5]),
+                                                  ("interpolate", [np.nan, 0.5])])
+def test_decode_applies_the_nan_policy(tmp_path: Path, policy: str, expected: list | None) -> None:
+    """A written NaN follows nan_policy as in the CSV ingest; a live `interpolate` leaves it to the resampling."""
+    spec_dict = {**PENDULUM_SPEC, "nan_policy": policy, **({"fill_value": -1.0} if policy == "fill" else {})}
+    spec = IngestSpec.from_yaml(write_spec(tmp_path, spec_dict))
+    message = '{"t": 1, "cos_theta": NaN, "sin_theta": 0.5}'
+    if expected is None:
+        with pytest.raises(StreamDataError, match="key 'cos_theta' is nan; expected a finite number"):
+            decode(message, spec)
+        return
+    samples = decode(message, spec)
+    assert [s.values[:2].tolist() for s in samples] == ([] if not expected else [pytest.approx(expected, nan_ok=True)])
 
 
 def test_reorder_buffer_sorts_merges_and_flags() -> None:

@@ -20,7 +20,7 @@ from data_pipeline.ingest import IngestSpec, SpecError, ingest_file
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.validate import DataValidationError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def base_spec(**over: Any) -> dict[str, Any]:
@@ -329,13 +329,21 @@ def test_bad_input_is_rejected_and_the_store_untouched(tmp_path: Path, name: str
     ({"dt": None}, ["'dt'", "missing"]),
     ({"nan_policy": "ignore"}, ["'nan_policy'", "'interpolate'"]),
     ({"nan_policy": "fill"}, ["'fill_value'", "missing"]),
-    ({"observation": {"channels": [{"name": "x"}]}}, ["'observation.channels[0].column'", "missing"]),
+    ({"observation": {"channels": [{"name": "x"}]}}, ["'observation.channels.0.column'", "missing"]),
     ({"observation": {"channels": ["temp"], "resample": "cubic"}}, ["'observation.resample'", "'hold'"]),
     ({"action": {"type": "discrete", "channels": ["heater"], "resample": "hold"}}, ["'action.n'", "missing"]),
     ({"action": {"type": "discrete", "n": 2, "channels": ["heater"], "resample": "interpolate"}},
      ["'action.resample'", "'hold'"]),
-    ({"sampling": 3}, ["'sampling'", "not a spec key"]),
+    ({"sampling": 3}, ["'sampling'", "not a known key"]),
     ({"timestamp": {"column": "t", "unit": "minutes"}}, ["'timestamp.unit'", "'ms'"]),
+    ({"timestamp": {"column": "t", "unit": "s", "format": "%H:%M"}}, ["'timestamp.format'", "unit: datetime"]),
+    ({"observation": {"channels": ["temp", {"column": "level", "name": "temp"}]}},
+     ["'observation.channels.1.name'", "'temp'", "observation.channels.0.name"]),
+    ({"observation": {"channels": [{"column": "temp", "low": 5, "high": 1}]}},
+     ["'observation.channels.0.high'", "high > low"]),
+    ({"observation": {"channels": ["temp"], "type": "box"}}, ["'observation.type'", "not a known key"]),
+    ({"min_transitions": 0}, ["'min_transitions'", "greater than or equal to 1"]),
+    ({"action": {"type": "discrete", "n": 3, "channels": ["heater", "temp"]}}, ["'action.channels'", "exactly one"]),
 ])
 def test_spec_errors_name_the_key(change: dict, words: list[str]) -> None:
     spec = base_spec(**change)
@@ -344,6 +352,17 @@ def test_spec_errors_name_the_key(change: dict, words: list[str]) -> None:
         IngestSpec.from_dict(spec, source="spec.yaml")
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+def test_spec_file_refuses_duplicate_keys_and_reads_null_as_absent(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(base_spec()) + "dt: 0.2\n")  # dt twice: PyYAML would keep the last
+    with pytest.raises(SpecError, match="spec.yaml:[0-9]+: duplicate key 'dt'"):
+        IngestSpec.from_yaml(path)
+    spec = IngestSpec.from_dict(base_spec(max_gap=None, reward=None, min_transitions=None))
+    assert spec.max_gap is None and spec.reward is None and spec.min_transitions == 1
+    assert spec.max_gap_of("observation") == pytest.approx(0.5)  # 5 * dt
+    assert spec.raw["max_gap"] is None  # the provenance keeps the spec as written
 
 
 def test_example_spec_ingests_a_tank_log_and_is_the_documented_one(tmp_path: Path) -> None:

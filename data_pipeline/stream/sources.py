@@ -1,0 +1,161 @@
+"""Where messages come from: an MQTT topic, standard input, or a growing file (`make_source`).
+
+Each source runs in its own thread and puts `(payload, arrival)` on a queue; `END` on the queue
+says the source has ended (stdin at EOF).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time as _time
+import urllib.parse
+from typing import Any
+
+END = object()
+"""Put on the queue by a source that has ended (stdin at EOF)."""
+
+
+class Source:
+    """Where messages come from: `start()` puts `(payload, arrival)` on a queue from its own thread."""
+
+    name = ""
+
+    def start(self, out: queue.Queue) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pass
+
+
+class MqttSource(Source):
+    """Subscribe to `mqtt://host:port/topic[?qos=1]` (paho-mqtt 2.x); wildcards `+` and `#` (as %23) allowed.
+
+    Connects at `start()` (an unreachable broker is an error naming the URL) and reconnects by itself
+    afterwards. `publish()` sends on the same connection (alerts).
+    """
+
+    def __init__(self, url: str, client_id: str = "", subscribe: bool = True) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "mqtt" or not parsed.hostname:
+            raise ValueError(f"source {url!r}: expected mqtt://HOST[:PORT]/TOPIC")
+        self.name = url.split("?")[0]
+        self.host = parsed.hostname
+        self.port = parsed.port or 1883
+        self.topic = urllib.parse.unquote(parsed.path.lstrip("/"))
+        if not self.topic:
+            raise ValueError(f"source {url!r}: no topic; expected mqtt://{self.host}:{self.port}/TOPIC")
+        query = urllib.parse.parse_qs(parsed.query)
+        self.qos = int(query.get("qos", ["1"])[0])
+        self.client_id = client_id
+        self.subscribe = subscribe
+        self.subscribed = threading.Event()
+        self._client: Any = None
+
+    def start(self, out: queue.Queue) -> None:
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
+
+        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+            if self.subscribe:
+                c.subscribe(self.topic, qos=self.qos)  # again after every reconnect
+
+        def on_subscribe(c: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+            if not self.subscribed.is_set():
+                print(f"stream: subscribed to {self.name} (qos {self.qos})", file=sys.stderr, flush=True)
+            self.subscribed.set()
+
+        def on_message(c: Any, userdata: Any, msg: Any) -> None:
+            out.put((msg.payload, _time.monotonic()))
+
+        client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        try:
+            client.connect(self.host, self.port, keepalive=30)
+        except OSError as err:
+            raise ConnectionError(f"source {self.name}: cannot connect to the MQTT broker at "
+                                  f"{self.host}:{self.port} ({err})") from err
+        client.loop_start()
+        self._client = client
+
+    def publish(self, topic: str, payload: str) -> None:
+        if self._client is not None:
+            self._client.publish(topic, payload, qos=1)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+
+class StdinSource(Source):
+    """JSON lines on standard input; the stream ends at EOF."""
+
+    name = "stdin"
+
+    def start(self, out: queue.Queue) -> None:
+        def read() -> None:
+            for line in sys.stdin.buffer:
+                out.put((line, _time.monotonic()))
+            out.put(END)
+
+        threading.Thread(target=read, name="stdin-source", daemon=True).start()
+
+
+class FileSource(Source):
+    """Follow a JSON-lines file as it grows (like `tail -f`), from its start; waits for it to appear.
+
+    A partial last line waits for its newline. A file that shrinks (rotated or truncated) is read
+    again from its start. Runs until stopped.
+    """
+
+    def __init__(self, path: str, poll_s: float = 0.05) -> None:
+        self.path = path
+        self.name = f"file:{path}"
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+
+    def start(self, out: queue.Queue) -> None:
+        threading.Thread(target=self._follow, args=(out,), name="file-source", daemon=True).start()
+
+    def _follow(self, out: queue.Queue) -> None:
+        pos, partial = 0, b""
+        while not self._stop.is_set():
+            try:
+                size = os.stat(self.path).st_size
+            except FileNotFoundError:
+                self._stop.wait(self.poll_s)
+                continue
+            if size < pos:  # truncated or replaced: start again
+                pos, partial = 0, b""
+            if size == pos:
+                self._stop.wait(self.poll_s)
+                continue
+            with open(self.path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read(size - pos)
+            pos += len(chunk)
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            now = _time.monotonic()
+            for line in lines:
+                if line.strip():
+                    out.put((line, now))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def make_source(url: str) -> Source:
+    """`mqtt://host:port/topic`, `-` (stdin) or `file:PATH`."""
+    if url == "-":
+        return StdinSource()
+    if url.startswith("file:"):
+        return FileSource(url[len("file:"):])
+    if url.startswith("mqtt://"):
+        return MqttSource(url)
+    raise ValueError(f"source {url!r}: expected mqtt://HOST:PORT/TOPIC, '-' (JSON lines on stdin) or file:PATH")
