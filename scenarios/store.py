@@ -31,7 +31,8 @@ import zarr
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store.codecs import compressors, consolidate
 
-LAYOUT_VERSION = "1.0"
+LAYOUT_VERSION = "1.1"
+"""1.1: `start_episode` is the episode's position (1.0: its id, with the position in `start_episode_index`)."""
 _LONG_NAMES = {
     "obs": "imagined observation after `time` steps",
     "action": "action applied at step time-1 -> time",

@@ -265,6 +265,7 @@ def test_scenario_store_layout(trained: Trained, tmp_path: Path) -> None:
     episodes = trained.store.episodes()
     assert list(ds["start_episode"].values[::3]) == [0, 1, 1, 1] and ds["start_episode"].dtype == np.int64
     assert list(ds["start_episode_id"].values[::3]) == [episodes["id"].iloc[e] for e in (0, 1, 1, 1)]
+    assert ds.attrs["layout_version"] == "1.1" and "start_episode_index" not in ds.coords
     assert ds.attrs["complete"] and ds.attrs["seed"] == 3 and "push_plus" in ds.attrs["spec"]
     assert ds.attrs["store_fingerprint"] is not None and ds.attrs["model"] == "test"
     # The recorded future: rows t+1..t+H of the episode, NaN past its end (episode 1 at t=43: 17 rows left).
