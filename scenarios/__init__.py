@@ -3,7 +3,8 @@ points under interventions, written to a scenario store (DESIGN contract 6). gen
 
 | module | job |
 | --- | --- |
-| `spec.py` | the scenario spec: pydantic models read from YAML (starts, interventions, summary, split) |
+| `spec.py` | the scenario spec: pydantic models read from YAML (starts, summary, split; the whole set) |
+| `interventions.py` | what changes in a scenario and how it turns recorded actions / observations into its own |
 | `outcomes.py` | outcome checks: the condition grammar, probabilities over samples; `ScenarioSpecError` |
 | `starts.py` | starting points resolved against a trajectory store; history files; the rows each start needs |
 | `rollout.py` | the sampler loop: interventions applied, futures imagined per block (open or closed loop) |
@@ -13,10 +14,11 @@ points under interventions, written to a scenario store (DESIGN contract 6). gen
 | `plots.py` | fan charts per starting point |
 | `track.py` | the MLflow run of a generate.py run |
 
-Imports point down this table's dependencies only: spec ← starts ← rollout ← run; store ← summary,
-plots; track uses spec (and tracking/, lazily).
+Dependencies point one way: outcomes, interventions ← spec ← starts ← rollout ← run; store ← run,
+summary, plots; track uses spec (and tracking/, lazily, as it pulls in Lightning).
 """
 
+from scenarios.interventions import Intervention
 from scenarios.outcomes import Condition, Outcome, ScenarioSpecError
 from scenarios.plots import plot_fans
 from scenarios.rollout import ScenarioRunner, block_seed, imagine_block
@@ -25,7 +27,6 @@ from scenarios.spec import (
     EveryStart,
     ExplicitStart,
     HistoryStart,
-    Intervention,
     SampleStart,
     ScenarioSpec,
     SplitSpec,

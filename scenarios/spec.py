@@ -7,7 +7,7 @@ A scenario is one starting point × one intervention. The models sit on `data_pi
 (unknown keys are errors, duplicate YAML keys too), so a bad spec fails with one line naming the file,
 the key path, what was found and what was expected:
 
-    pendulum.yaml: key 'interventions.push.constant.torq' is 'high'; input should be a valid number
+    pendulum.yaml: key 'interventions.push.constant.torque' is 'high'; input should be a valid number
 
 Numbers are strict (`"3"` or `true` is not a number). Outcome conditions use a tiny grammar, parsed
 in scenarios.outcomes: nothing is evaluated.
@@ -19,32 +19,31 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
-from pydantic import AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, WrapValidator, model_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, PrivateAttr, WrapValidator, model_validator
 from pydantic_core import PydanticCustomError
 
 from data_pipeline.schema import StoreSchema
 from data_pipeline.specfile import Spec, SpecError, parse_yaml, validate_spec
+from scenarios.interventions import Intervention, NonNegInt, PosInt, error_at
 from scenarios.outcomes import Condition, Outcome, ScenarioSpecError
 
 __all__ = ["Condition", "EveryStart", "ExplicitStart", "HistoryStart", "Intervention", "Outcome", "SampleStart",
            "ScenarioSpec", "ScenarioSpecError", "SplitSpec", "Start", "load_spec", "parse_spec", "parse_spec_text"]
 
-PosInt = Annotated[int, Field(strict=True, ge=1)]
-NonNegInt = Annotated[int, Field(strict=True, ge=0)]
-Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(strict=True, ge=0, lt=1)]
-EpisodeRef = Annotated[int, Field(strict=True)] | Annotated[str, Field(strict=True)]
+
+
+def _episode_ref(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise PydanticCustomError("episode", "expected an episode's position (an integer) or its id (a string)")
+    return value
+
+
+EpisodeRef = Annotated[int | str, BeforeValidator(_episode_ref)]
 """Position in the store's episode table, or the episode's id."""
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def _fail(loc: tuple[str | int, ...], value: Any, message: str) -> ValidationError:
-    """A validation error at `loc` below the validator's own key: cross-field rules point at the exact key."""
-    error = PydanticCustomError("scenario_spec", message)
-    return ValidationError.from_exception_data("ScenarioSpec", [{"type": error, "loc": loc, "input": value}])
 
 
 def _named(name: str) -> str:
@@ -122,94 +121,6 @@ def _start(value: Any, _handler: Any) -> Start:
     raise PydanticCustomError("start", _START_FORMS)
 
 
-# ----------------------------------------------------------------------------------- interventions
-def _increasing(points: tuple[tuple[int, float | None], ...]) -> tuple[tuple[int, float | None], ...]:
-    steps = [s for s, _ in points]
-    if steps != sorted(set(steps)):
-        raise PydanticCustomError("schedule", "steps {steps}; expected strictly increasing steps", {"steps": steps})
-    return points
-
-
-ChannelNumbers = dict[str, Number]
-Schedule = Annotated[tuple[tuple[NonNegInt, Number | None], ...], Field(min_length=1), AfterValidator(_increasing)]
-_CHANNEL_PARTS = ("constant", "scale", "offset", "obs_offset")
-
-
-class Intervention(Spec):
-    """What changes in a scenario (its name is the spec's key). Unnamed actuator channels follow the
-    recorded actions.
-
-    Applied in this order per channel: `scale` and `offset` of the recorded action, or a `constant`,
-    or a `schedule` of (step, value) breakpoints (value from that step on; null = recorded).
-    A `policy` (SB3 zip or module:function) sets every channel from the imagined observations.
-    `obs_offset` shifts the observed channels of the history the twin assimilates (a sensor offset).
-    """
-
-    constant: ChannelNumbers = {}
-    schedule: dict[str, Schedule] = {}
-    scale: ChannelNumbers = {}
-    offset: ChannelNumbers = {}
-    policy: Annotated[str, Field(strict=True, min_length=1)] | None = None
-    obs_offset: ChannelNumbers = {}
-    _name: str = PrivateAttr("")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_empty_parts(cls, data: Any) -> Any:
-        if data is None:  # `factual:` with nothing after it is the factual replay, as `factual: {}`
-            return {}
-        if isinstance(data, dict):
-            for part in _CHANNEL_PARTS:
-                if part in data and data[part] in (None, {}):
-                    raise _fail((part,), data[part], "empty; expected {channel: number, ...}")
-        return data
-
-    @model_validator(mode="after")
-    def _one_rule_per_channel(self) -> Intervention:
-        if self.policy and (self.constant or self.scale or self.offset or self.schedule):
-            raise PydanticCustomError("intervention", "a policy sets every actuator; drop constant/schedule/"
-                                                      "scale/offset")
-        groups = {"constant": set(self.constant), "schedule": set(self.schedule),
-                  "scale/offset": set(self.scale) | set(self.offset)}
-        for ch in sorted(set().union(*groups.values())):
-            kinds = [g for g, chans in groups.items() if ch in chans]
-            if len(kinds) > 1:
-                raise PydanticCustomError("intervention", "channel {ch} is set by {kinds}; expected one of "
-                                          "constant, schedule or scale/offset per channel",
-                                          {"ch": repr(ch), "kinds": str(kinds)})
-        return self
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def is_factual(self) -> bool:
-        """Replays the recorded actions from the recorded state: the factual baseline."""
-        changes = (self.constant, self.schedule, self.scale, self.offset, self.policy, self.obs_offset)
-        return not any(changes)
-
-    def apply(self, recorded: np.ndarray, channels: list[str]) -> np.ndarray:
-        """Open-loop actions (H, A) from the recorded future actions (H, A); a policy's rows are set later."""
-        out = np.array(recorded, dtype=np.float64, copy=True)
-        for c, name in enumerate(channels):
-            if name in self.scale or name in self.offset:
-                out[:, c] = out[:, c] * self.scale.get(name, 1.0) + self.offset.get(name, 0.0)
-            if name in self.constant:
-                out[:, c] = self.constant[name]
-            for step, value in self.schedule.get(name, ()):
-                if step < len(out):
-                    out[step:, c] = recorded[step:, c] if value is None else value
-        return out
-
-    def perturb(self, obs: np.ndarray, channels: list[str]) -> np.ndarray:
-        """History observations (…, obs_dim) with the sensor offsets added."""
-        if not self.obs_offset:
-            return obs
-        delta = np.array([self.obs_offset.get(c, 0.0) for c in channels], obs.dtype)
-        return obs + delta
-
-
 # -------------------------------------------------------------------------------------------- spec
 class SummarySpec(Spec):
     channels: list[Annotated[str, Field(strict=True)]] = []
@@ -276,7 +187,7 @@ class ScenarioSpec(Spec):
             start._key = f"starts.{i}"
         for i, t in enumerate(self.summary.times or ()):
             if t > self.horizon:
-                raise _fail(("summary", "times", i), t, f"expected a step in 1..horizon={self.horizon}")
+                raise error_at(("summary", "times", i), t, f"expected a step in 1..horizon={self.horizon}")
         return self
 
     @property
