@@ -1,4 +1,5 @@
-"""generate.py: the scenario spec, the scenario store, validity against the model evaluation, the CLI.
+"""scenarios/ and generate.py: the scenario spec, the scenario store, validity against the model evaluation,
+the CLI.
 
 A tiny ensemble is trained once per session on a small recorded Pendulum-v1 store (a few seconds).
 """
@@ -23,12 +24,16 @@ from data_pipeline.eval_windows import eval_windows
 from data_pipeline.record import record
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows import normalization_for, split_episodes
+from scenarios.rollout import block_seed
+from scenarios.run import generate as generate_scenarios
 from scenarios.spec import Condition, Outcome, ScenarioSpecError, load_spec, parse_spec_text
+from scenarios.starts import resolve_starts
+from scenarios.summary import summarize
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 from worldmodel.evaluation import evaluate, rollout_samples
 from worldmodel.interface import WorldModel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def child_env(tmp: Path) -> dict[str, str]:
@@ -77,7 +82,7 @@ def run(trained: Trained, spec_text: str, out: Path, seed: int | None = None) ->
     spec = parse_spec_text(textwrap.dedent(spec_text), "test.yaml")
     if seed is not None:
         spec = spec.with_seed(seed)
-    generate.generate(spec, trained.model, trained.store, out, attrs={"model": "test"}, progress=False)
+    generate_scenarios(spec, trained.model, trained.store, out, attrs={"model": "test"}, progress=False)
     return xr.open_zarr(out)
 
 
@@ -116,41 +121,75 @@ def test_shipped_specs_parse_and_check(trained: Trained) -> None:
     assert [o.name for o in cart.outcomes] == ["pole_falls", "leaves_track"]
 
 
+# (spec text, key path the error names, what it says was expected). Messages follow data_pipeline.specfile:
+# "<file>: key '<path>' is <found>; <expected>" (or "... is missing" / "... is not a known key").
 BAD_SPECS = [
-    ("interventions: {f: {}}", "starts: missing"),
+    ("interventions: {f: {}}", "key 'starts' is missing", ""),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\nhorizon: -1",
-     "horizon: got -1; expected an integer ≥ 1"),
-    ("starts: [{episod: 0}]\ninterventions: {f: {}}", "starts[0]: expected one of"),
-    ("starts: [{episode: 0, t: 1, x: 2}]\ninterventions: {f: {}}", "starts[0].x: unknown key"),
-    ("starts: [{sample: 3, split: holdout}]\ninterventions: {f: {}}", "starts[0].split: got 'holdout'"),
+     "key 'horizon' is -1", "greater than or equal to 1"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\nhorizon: '5'", "key 'horizon' is '5'", "valid integer"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\nclip_actions: 1",
+     "key 'clip_actions' is 1", "valid boolean"),
+    ("starts: [{episod: 0}]\ninterventions: {f: {}}", "key 'starts.0' is {'episod': 0}",
+     "expected one of {episode: E, t: T}"),
+    ("starts: [{episode: 0, t: 1, x: 2}]\ninterventions: {f: {}}", "key 'starts.0.x' is not a known key", ""),
+    ("starts: [{episode: 0, every: 5, to: -1}]\ninterventions: {f: {}}", "key 'starts.0.to' is -1",
+     "greater than or equal to 0"),
+    ("starts: [{every: 5}]\ninterventions: {f: {}}", "key 'starts.0.episode' is missing", ""),
+    ("starts: [{sample: 3, split: holdout}]\ninterventions: {f: {}}", "key 'starts.0.split' is 'holdout'",
+     "'train', 'val', 'test' or 'all'"),
+    ("starts: []\ninterventions: {f: {}}", "key 'starts' is []", "at least 1 item"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {}", "key 'interventions' is {}", "at least 1 item"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {'a b': {}}", "key 'interventions.a b.[key]' is 'a b'",
+     "expected a name of letters, digits"),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {constnt: {torque: 1}}}",
-     "interventions.p.constnt: unknown key"),
+     "key 'interventions.p.constnt' is not a known key", ""),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {constant: {}}}", "key 'interventions.p.constant' is {}",
+     "expected {channel: number, ...}"),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {schedule: {torque: [[5, 1], [2, 0]]}}}",
-     "interventions.p.schedule.torque: steps [5, 2]; expected strictly increasing"),
+     "key 'interventions.p.schedule.torque' is [[5, 1], [2, 0]]", "steps [5, 2]; expected strictly increasing"),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {constant: {torque: high}}}",
-     "interventions.p.constant.torque: got 'high'; expected a finite number"),
+     "key 'interventions.p.constant.torque' is 'high'", "valid number"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {constant: {torque: .inf}}}",
+     "key 'interventions.p.constant.torque' is inf", "finite number"),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {policy: a:b, constant: {torque: 1}}}",
-     "interventions.p: a policy sets every actuator"),
+     "key 'interventions.p' is", "a policy sets every actuator"),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {p: {constant: {torque: 1}, scale: {torque: 2}}}",
-     "channel 'torque' is set by ['constant', 'scale/offset']"),
+     "key 'interventions.p' is", "channel 'torque' is set by ['constant', 'scale/offset']; expected one of"),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\n"
      "outcomes: {x: \"__import__('os').system('ls') > 1\"}",
-     "outcomes.x.condition: condition"),
+     "key 'outcomes.x.condition' is \"__import__", "expected '<channel> <op> <number>'"),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\noutcomes: {x: {condition: 'a > 1', when: often}}",
-     "outcomes.x.when: got 'often'; expected one of ['any', 'end', 'fraction']"),
+     "key 'outcomes.x.when' is 'often'", "'any', 'end' or 'fraction'"),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\nhorizon: 5\nsummary: {times: [10]}",
-     "summary.times[0]: got 10; expected a step in 1..horizon=5"),
-    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}, f: {}}", "duplicate key 'f'"),
+     "key 'summary.times.0' is 10", "expected a step in 1..horizon=5"),
+    ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}, f: {}}", "duplicate key 'f'", ""),
     ("starts: [{episode: 0, t: 1}]\ninterventions: {f: {}}\nsplit: {test_fraction: 1.5}",
-     "split.test_fraction: got 1.5; expected a fraction in [0, 1)"),
+     "key 'split.test_fraction' is 1.5", "less than 1"),
 ]
 
 
-@pytest.mark.parametrize(("text", "message"), BAD_SPECS)
-def test_bad_spec_names_key_and_expectation(text: str, message: str) -> None:
+@pytest.mark.parametrize(("text", "key", "expected"), BAD_SPECS)
+def test_bad_spec_names_key_and_expectation(text: str, key: str, expected: str) -> None:
     with pytest.raises(ScenarioSpecError) as err:
         parse_spec_text(text, "bad.yaml")
-    assert message in str(err.value) and str(err.value).startswith("bad.yaml")
+    message = str(err.value)
+    assert key in message and expected in message and message.startswith("bad.yaml"), message
+    assert "\n" not in message
+
+
+def test_spec_defaults_and_empty_sections() -> None:
+    spec = parse_spec_text("starts: [{episode: ep-7, every: 4, from: 2}, {history: h.npz}]\n"
+                           "interventions: {factual: , drift: {obs_offset: {x: 0.5}}}\noutcomes:\nsummary:\n"
+                           "horizon: 12", "d.yaml", base=Path("/specs"))
+    assert (spec.samples, spec.context, spec.seed, spec.block_trajectories, spec.clip_actions) == (32, 8, 0, 4096, True)
+    assert spec.summary_times == (12,) and spec.summary_channels == () and spec.outcomes == ()
+    assert [i.name for i in spec.interventions] == ["factual", "drift"] and spec.factual is spec.interventions[0]
+    every, history = spec.starts
+    assert (every.key, every.episode, every.first, every.last) == ("starts.0", "ep-7", 2, None)
+    assert history.key == "starts.1" and history.path == str(Path("/specs/h.npz"))
+    assert spec.with_seed(5).seed == 5 and spec.with_seed(5).source == "d.yaml" and spec.seed == 0
+    assert "horizon: 12" in spec.with_seed(5).text
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -172,12 +211,12 @@ def test_spec_channels_are_checked_against_the_store(trained: Trained, text: str
 def test_start_errors_name_the_key(trained: Trained, tmp_path: Path) -> None:
     text = "starts: [{episode: 0, t: 1}, {episode: 1, t: 500}]\ninterventions: {f: {}}"
     spec = parse_spec_text(text, "s.yaml")
-    with pytest.raises(ScenarioSpecError, match=r"starts\[1\]\.t: row 500 is past the end of episode 1 "
+    with pytest.raises(ScenarioSpecError, match=r"^s\.yaml: starts\.1\.t: row 500 is past the end of episode 1 "
                                                 r"\(61 rows\); expected 0\.\.60"):
-        generate.resolve_starts(spec, trained.store)
+        resolve_starts(spec, trained.store)
     spec = parse_spec_text("starts: [{episode: 99, t: 1}]\ninterventions: {f: {}}", "s.yaml")
-    with pytest.raises(ScenarioSpecError, match=r"starts\[0\]\.episode: 99 is out of range"):
-        generate.resolve_starts(spec, trained.store)
+    with pytest.raises(ScenarioSpecError, match=r"starts\.0\.episode: 99 is out of range"):
+        resolve_starts(spec, trained.store)
 
 
 def test_condition_grammar_and_outcome_probabilities() -> None:
@@ -189,9 +228,10 @@ def test_condition_grammar_and_outcome_probabilities() -> None:
             Condition.parse(bad, "k")
     values = np.array([[[0.0, 7.0, 0.0], [0.0, 0.0, 0.0]]])  # (n=1, samples=2, time=3)
     cond = Condition("v", ">", 6.0)
-    assert Outcome("a", cond, "any").probability(values)[0] == 0.5
-    assert Outcome("b", cond, "end").probability(values)[0] == 0.0
-    assert Outcome("c", cond, "fraction").probability(values)[0] == pytest.approx(1 / 6)
+    assert Outcome(condition=cond, when="any").probability(values)[0] == 0.5
+    assert Outcome(condition=cond, when="end").probability(values)[0] == 0.0
+    assert Outcome(condition=cond, when="fraction").probability(values)[0] == pytest.approx(1 / 6)
+    assert Outcome.model_validate("abs(v) > 6").condition == Condition("v", ">", 6.0, absolute=True)
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -220,8 +260,12 @@ def test_scenario_store_layout(trained: Trained, tmp_path: Path) -> None:
     assert ds["scenario"].values[0] == "ep0@t5/factual"
     assert list(ds["intervention"].values[:3]) == ["factual", "push_plus", "push_minus"]
     assert list(ds["start_t"].values[::3]) == [5, 3, 23, 43]
+    # start_episode is the position in the store's episode table (as in the env's reset info), start_episode_id
+    # the episode's id.
     episodes = trained.store.episodes()
-    assert ds["start_episode"].values[0] == episodes["id"].iloc[0]
+    assert list(ds["start_episode"].values[::3]) == [0, 1, 1, 1] and ds["start_episode"].dtype == np.int64
+    assert list(ds["start_episode_id"].values[::3]) == [episodes["id"].iloc[e] for e in (0, 1, 1, 1)]
+    assert ds.attrs["layout_version"] == "1.1" and "start_episode_index" not in ds.coords
     assert ds.attrs["complete"] and ds.attrs["seed"] == 3 and "push_plus" in ds.attrs["spec"]
     assert ds.attrs["store_fingerprint"] is not None and ds.attrs["model"] == "test"
     # The recorded future: rows t+1..t+H of the episode, NaN past its end (episode 1 at t=43: 17 rows left).
@@ -248,10 +292,10 @@ def test_blocks_do_not_change_the_result_across_processes(trained: Trained, tmp_
     """Splitting the blocks over ranks (rank 1 then rank 0, as two processes would) gives the same store."""
     spec = parse_spec_text(textwrap.dedent(SPEC) + "block_trajectories: 16\n", "t.yaml")  # 2 a block
     one = tmp_path / "one.zarr"
-    generate.generate(spec, trained.model, trained.store, one, attrs={}, progress=False)
+    generate_scenarios(spec, trained.model, trained.store, one, attrs={}, progress=False)
     two = tmp_path / "two.zarr"
-    generate.generate(spec, trained.model, trained.store, two, attrs={}, rank=0, world_size=2, progress=False)
-    generate.generate(spec, trained.model, trained.store, two, attrs={}, rank=1, world_size=2, progress=False,
+    generate_scenarios(spec, trained.model, trained.store, two, attrs={}, rank=0, world_size=2, progress=False)
+    generate_scenarios(spec, trained.model, trained.store, two, attrs={}, rank=1, world_size=2, progress=False,
                       overwrite=True)  # rank 1 writes its region into rank 0's store (no re-create)
     xr.testing.assert_identical(xr.open_zarr(one).load(), xr.open_zarr(two).load())
 
@@ -274,7 +318,8 @@ def test_policy_history_and_sensor_offset(trained: Trained, tmp_path: Path,
     text += "interventions: {f: {}, drift: {obs_offset: {theta_dot: 0.5}}}"
     hist = run(trained, text, tmp_path / "h.zarr")
     assert list(hist["scenario"].values) == ["history:hist/f", "history:hist/drift"]
-    assert np.isnan(hist["factual_obs"].values).all() and int(hist["start_episode_index"][0]) == -1
+    assert np.isnan(hist["factual_obs"].values).all() and int(hist["start_episode"][0]) == -1
+    assert hist["start_episode_id"].values[0] == ""
     shift = hist["start_obs"].values[1] - hist["start_obs"].values[0]
     np.testing.assert_allclose(shift, [0, 0, 0.5], atol=1e-6)
     assert (hist["action"].values[0] == ep.action[10, 0]).all()  # the last action of the history, held
@@ -292,17 +337,15 @@ def test_factual_scenarios_reproduce_the_model_evaluation(trained: Trained, tmp_
     spec = parse_spec_text(f"horizon: {horizon}\nsamples: {samples}\nseed: {seed}\ncontext: {context}\n"
                            f"starts: [{', '.join(starts)}]\ninterventions: {{factual: {{}}}}\n", "v.yaml")
     out = tmp_path / "v.zarr"
-    generate.generate(spec, trained.model, trained.store, out, attrs={}, progress=False)
+    generate_scenarios(spec, trained.model, trained.store, out, attrs={}, progress=False)
     ds = xr.open_zarr(out)
-    block_seed = generate.block_seed(seed, 0)  # all scenarios fit one block
-    expected = rollout_samples(trained.model, windows, context, horizon, samples, block_seed)
+    seed0 = block_seed(seed, 0)  # all scenarios fit one block
+    expected = rollout_samples(trained.model, windows, context, horizon, samples, seed0)
     np.testing.assert_array_equal(ds["obs"].values, expected.numpy())
-    from scenarios.store import summarize
-
     _, calibration = summarize(out, spec)
     horizons = (1, 5, 10, 20)
     metrics = evaluate(trained.model, windows, context=context, horizons=horizons, samples=samples,
-                       seed=block_seed)
+                       seed=seed0)
     std = trained.model.obs_std.numpy()
     truth = windows.obs[:, context:].numpy()
     for h in horizons:
@@ -316,6 +359,7 @@ def test_factual_scenarios_reproduce_the_model_evaluation(trained: Trained, tmp_
 
 
 # ------------------------------------------------------------------------------------------ command line
+@pytest.mark.slow  # a subprocess run end to end with MLflow (~15 s)
 def test_cli_writes_store_summary_plots_and_mlflow_run(trained: Trained, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(textwrap.dedent(SPEC))
@@ -350,6 +394,7 @@ def test_cli_writes_store_summary_plots_and_mlflow_run(trained: Trained, tmp_pat
         generate.main(cmd[2:] + ["--no-mlflow"])
 
 
+@pytest.mark.slow  # two DDP processes (~30 s)
 def test_cli_two_processes_give_the_same_store(trained: Trained, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(textwrap.dedent(SPEC) + "block_trajectories: 16\n")
