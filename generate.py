@@ -22,13 +22,10 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
 from scenarios import (
-    HistoryStart,
     ScenarioSpecError,
     block_seed,
     format_calibration,
@@ -37,18 +34,12 @@ from scenarios import (
     held_out,
     load_spec,
     plot_fans,
-    read_history,
     resolve_starts,
     summarize,
     track_run,
 )
 
 __all__ = ["block_seed", "generate", "main", "resolve_starts"]  # the library lives in scenarios/
-
-
-def _read_history(start: HistoryStart, schema: StoreSchema, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Kept for tests/test_live.py; use scenarios.starts.read_history."""
-    return read_history(start.path, schema, source=source, key=start.key)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -12,13 +12,17 @@ that puts this directory on sys.path); the fixtures wrap them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gymnasium import spaces
+from stream_helpers import free_port, wait_for
 
 from data_pipeline.schema import Episode, StoreSchema
 from data_pipeline.store import TrajectoryStore
@@ -177,3 +181,26 @@ def _one_thread_per_process() -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[int]:
+    """A mosquitto broker on loopback (Debian's package; .ci/run installs it)."""
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if binary is None:
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto; `make test` does it)")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_for(up, 10.0, "mosquitto to listen")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -22,7 +22,5 @@ from data_pipeline.store.reader import StoreCorruptionError
 from data_pipeline.store.table import TableRow, episode_index
 from data_pipeline.store.trajectory import TrajectoryStore
 
-EpisodeStream = EpisodeWriter  # the old name; data_pipeline/stream.py switches at the issue-12 merge
-
-__all__ = ["CHANNEL_COORDS", "EpisodeStream", "EpisodeWriter", "StoreCorruptionError", "StoreLockedError",
+__all__ = ["CHANNEL_COORDS", "EpisodeWriter", "StoreCorruptionError", "StoreLockedError",
            "TableRow", "TrajectoryStore", "episode_index", "lock_path_of"]

@@ -257,7 +257,6 @@ class TrajectoryStore:
                                            min_transitions=min_transitions)
         return self._open_episode
 
-    stream = episode_writer  # the old name; data_pipeline/stream.py switches at the issue-12 merge
 
     def set_attr(self, key: str, value: Any) -> None:
         """Set a group attribute (JSON-able), e.g. normalization statistics."""

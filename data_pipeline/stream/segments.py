@@ -1,6 +1,6 @@
 """`SegmentWriter`: the stream's rows into the store as segment episodes, committed as they go.
 
-Rows go into an open `EpisodeStream` (the store's incremental episode writer), committed every
+Rows go into an open `EpisodeWriter` (the store's incremental episode writer), committed every
 `commit_seconds` (or `commit_rows`) as one segment episode, at a gap and at shutdown. A new segment
 starts with the last row of the previous one, so no transition is lost (docs/live-twin.md).
 """
@@ -11,7 +11,7 @@ import time as _time
 
 import numpy as np
 
-from data_pipeline.store import EpisodeStream, TrajectoryStore
+from data_pipeline.store import EpisodeWriter, TrajectoryStore
 from data_pipeline.stream.config import StreamConfig
 from data_pipeline.stream.resampler import Block
 
@@ -30,7 +30,7 @@ class SegmentWriter:
         self.store = store
         self.source = source
         self.config = config
-        self.segment: EpisodeStream | None = None
+        self.segment: EpisodeWriter | None = None
         """The open (uncommitted) segment."""
         self.opened = 0.0
         self.continues = False  # the open segment starts with the previous segment's last row
@@ -54,9 +54,9 @@ class SegmentWriter:
         if block.ends_piece:
             self.commit(final=True)
 
-    def _open(self, label: str, time_ns: int, now: float) -> EpisodeStream:
+    def _open(self, label: str, time_ns: int, now: float) -> EpisodeWriter:
         name = f"{self.source}:{label}" if label else self.source
-        self.segment = self.store.stream(episode_id=f"{name}@{time_ns}", source=name,
+        self.segment = self.store.episode_writer(episode_id=f"{name}@{time_ns}", source=name,
                                          flush_rows=self.config.flush_rows)
         self.opened = now
         self._label = label

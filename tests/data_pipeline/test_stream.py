@@ -4,10 +4,7 @@ sources (a followed file, stdin, an MQTT broker) in subprocesses stopped by SIGT
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,44 +15,18 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import subprocess_env
+from stream_helpers import PENDULUM_SPEC, Publisher, committed_steps, pendulum_samples, wait_for
 
 from data_pipeline.ingest import IngestSpec, episodes_of, read_log
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.stream import ReorderBuffer, Sample, StreamConfig, StreamDataError, StreamIngest, decode
 from data_pipeline.validate import DataValidationError
 
-PENDULUM_SPEC = {
-    "timestamp": {"column": "t", "unit": "s"}, "dt": 0.05,
-    "observation": {"channels": [{"column": "cos_theta", "unit": "1", "low": -1.0, "high": 1.0},
-                                 {"column": "sin_theta", "unit": "1", "low": -1.0, "high": 1.0},
-                                 {"column": "theta_dot", "unit": "rad/s", "low": -8.0, "high": 8.0}]},
-    "action": {"channels": [{"column": "torque", "unit": "N*m", "low": -2.0, "high": 2.0}]},
-    "reward": {"column": "reward"},
-}
-
 
 def write_spec(tmp_path: Path, spec: dict = PENDULUM_SPEC) -> str:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
-
-
-def pendulum_samples(steps: int = 120, seed: int = 0, jitter: float = 0.0) -> list[dict]:
-    """A random-policy Pendulum-v1 episode as JSON samples (one per step), timestamps optionally jittered."""
-    import gymnasium as gym
-
-    env = gym.make("Pendulum-v1")
-    rng = np.random.default_rng(seed)
-    o, _ = env.reset(seed=seed)
-    out = []
-    for k in range(steps):
-        a = float(rng.uniform(-2, 2))
-        o2, r, *_ = env.step([a])
-        t = 100.0 + k * 0.05 + (rng.uniform(-jitter, jitter) * 0.05 if 0 < k < steps - 1 else 0.0)
-        out.append({"t": round(t, 6), "seq": k, "cos_theta": float(o[0]), "sin_theta": float(o[1]),
-                    "theta_dot": float(o[2]), "torque": a, "reward": float(r)})
-        o = o2
-    return out
 
 
 def scramble(samples: list[dict], seed: int = 0, span: int = 4, duplicates: int = 10) -> list[dict]:
@@ -253,23 +224,6 @@ def _stream_cmd(source: str, spec: str, out: str, *extra: str) -> list[str]:
             "--status-every", "0", *extra]
 
 
-def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _committed(path: str) -> int:
-    try:
-        with TrajectoryStore.open(path) as store:
-            return store.num_steps
-    except (FileNotFoundError, KeyError, ValueError):
-        return 0
-
-
 def test_stdin_stream_cli_ends_at_eof(tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
     samples = pendulum_samples(60)
@@ -297,7 +251,7 @@ def test_followed_file_commits_on_sigterm(tmp_path: Path) -> None:
                                         "--commit-interval", "0"),
                             stdout=subprocess.PIPE, stderr=err.open("w"), text=True, env=subprocess_env())
     try:
-        _wait_for(lambda: "stream: reading file:" in err.read_text() or proc.poll() is not None, 60.0, "start")
+        wait_for(lambda: "stream: reading file:" in err.read_text() or proc.poll() is not None, 60.0, "start")
         text = "".join(json.dumps(s) + "\n" for s in samples)
         with log.open("a") as f:
             for part in (text[:1000], text[1000:5003], text[5003:]):  # cut mid-line: a partial line waits
@@ -305,7 +259,7 @@ def test_followed_file_commits_on_sigterm(tmp_path: Path) -> None:
                 f.flush()
                 time.sleep(0.3)
         time.sleep(1.0)
-        assert _committed(out) == 0  # nothing is committed before the signal (no interval, no row limit)
+        assert committed_steps(out) == 0  # nothing is committed before the signal (no interval, no row limit)
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=60)
     finally:
@@ -319,62 +273,11 @@ def test_followed_file_commits_on_sigterm(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- MQTT
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mqtt_broker(tmp_path: Path):
-    """A mosquitto broker on loopback (Debian's package; .ci/run installs it)."""
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    if binary is None:
-        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto; `make test` does it)")
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    try:
-        _wait_for(up, 10.0, "mosquitto to listen")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-class Publisher:
-    def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def send(self, topic: str, samples: list[dict], pause: float = 0.0) -> None:
-        infos = []
-        for s in samples:
-            infos.append(self.client.publish(topic, json.dumps(s), qos=1))
-            if pause:
-                time.sleep(pause)
-        for info in infos:
-            info.wait_for_publish(timeout=10)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def _start_mqtt_stream(tmp_path: Path, port: int, spec: str, out: str, *extra: str) -> tuple[subprocess.Popen, Path]:
     err = tmp_path / "stream.err"
     proc = subprocess.Popen(_stream_cmd(f"mqtt://127.0.0.1:{port}/plant/pendulum", spec, out, *extra),
                             stdout=subprocess.PIPE, stderr=err.open("w"), text=True, env=subprocess_env())
-    _wait_for(lambda: "subscribed to" in err.read_text() or proc.poll() is not None, 60.0, "the subscription")
+    wait_for(lambda: "subscribed to" in err.read_text() or proc.poll() is not None, 60.0, "the subscription")
     assert proc.poll() is None, err.read_text()
     return proc, err
 
@@ -390,7 +293,7 @@ def test_mqtt_stream_stores_every_step_once_in_order(tmp_path: Path, mqtt_broker
     try:
         pub.send("plant/pendulum", scramble(samples, seed=1, duplicates=12))
         ref = expected_rows(samples, spec, tmp_path)
-        _wait_for(lambda: _committed(out) >= len(ref.time) - 15, 60.0, "segments to be committed")
+        wait_for(lambda: committed_steps(out) >= len(ref.time) - 15, 60.0, "segments to be committed")
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=60)
     finally:
@@ -407,7 +310,7 @@ def test_mqtt_stream_stores_every_step_once_in_order(tmp_path: Path, mqtt_broker
     np.testing.assert_allclose(action[:-1], ref.action[:-1], atol=1e-6)
 
 
-def test_sigkill_loses_nothing_committed(tmp_path: Path, mqtt_broker: int) -> None:
+def test_sigkill_loses_nothingcommitted_steps(tmp_path: Path, mqtt_broker: int) -> None:
     spec = write_spec(tmp_path)
     samples = pendulum_samples(200, seed=4)
     out = str(tmp_path / "live.zarr")
@@ -416,7 +319,7 @@ def test_sigkill_loses_nothing_committed(tmp_path: Path, mqtt_broker: int) -> No
     pub = Publisher(mqtt_broker)
     try:
         pub.send("plant/pendulum", samples[:120], pause=0.002)
-        _wait_for(lambda: _committed(out) >= 60, 60.0, "three committed segments")
+        wait_for(lambda: committed_steps(out) >= 60, 60.0, "three committed segments")
         with TrajectoryStore.open(out) as store:  # what a reader saw committed just before the crash
             before = [store.read_episode(i) for i in range(store.num_episodes)]
         pub.send("plant/pendulum", samples[120:], pause=0.002)

@@ -15,6 +15,7 @@ import torch
 import xarray as xr
 import yaml
 from conftest import subprocess_env
+from stream_helpers import PENDULUM_SPEC, Publisher, committed_steps, pendulum_samples, wait_for
 
 from data_pipeline.batch import Batch, Normalization
 from data_pipeline.ingest import IngestSpec
@@ -33,14 +34,6 @@ from twin.anomaly import (
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 from worldmodel.interface import WorldModel, previous_actions
 from worldmodel.rssm import RSSMConfig, RSSMWorldModel
-
-# The stream tests' Pendulum samples, spec, publisher and MQTT broker fixture: found whether the stream tests
-# sit in tests/ or in tests/data_pipeline/ (pytest puts a test's own folder on sys.path, not its neighbours').
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_pipeline"))
-import test_stream  # noqa: E402
-from test_stream import PENDULUM_SPEC, pendulum_samples  # noqa: E402
-
-mqtt_broker = test_stream.mqtt_broker  # the broker fixture, shared with the stream tests
 
 
 def norm_for(schema: StoreSchema) -> Normalization:
@@ -118,8 +111,7 @@ def test_track_equals_observe_then_predict(tiny_schema, kind: str) -> None:
 def test_history_hands_the_state_to_the_env_and_generate(tiny_store, tmp_path: Path) -> None:
     import envs  # noqa: F401  (registers WorldModel-v0)
     from envs.world_model_env import WorldModelEnv
-    from generate import _read_history
-    from scenarios.spec import HistoryStart
+    from scenarios.starts import read_history
 
     tiny = tiny_store(episodes=2, obs_dim=3, action_dim=2)
     model = tiny_model("ensemble", tiny.schema)
@@ -140,7 +132,7 @@ def test_history_hands_the_state_to_the_env_and_generate(tiny_store, tmp_path: P
     env.step(np.zeros(2, np.float32))
 
     path = twin.save_history(tmp_path / "now.npz")
-    hist_obs, hist_action = _read_history(HistoryStart(path=path, key="starts[0]"), tiny.schema, "spec.yaml")
+    hist_obs, hist_action = read_history(path, tiny.schema, source="spec.yaml", key="starts.0")
     np.testing.assert_array_equal(hist_obs, obs[-8:])
     np.testing.assert_allclose(hist_action, action[-8:])
 
@@ -355,7 +347,6 @@ def test_live_command_publishes_alerts_over_mqtt_and_stops_on_sigterm(tmp_path: 
     import threading
 
     import paho.mqtt.client as mqtt
-    from test_stream import Publisher, _committed, _wait_for
 
     received: list[dict] = []
     subscribed = threading.Event()
@@ -375,11 +366,11 @@ def test_live_command_publishes_alerts_over_mqtt_and_stops_on_sigterm(tmp_path: 
     pub = Publisher(mqtt_broker)
     try:
         assert subscribed.wait(10)
-        _wait_for(lambda: "subscribed to" in err.read_text() or proc.poll() is not None, 60.0, "the subscription")
+        wait_for(lambda: "subscribed to" in err.read_text() or proc.poll() is not None, 60.0, "the subscription")
         assert proc.poll() is None, err.read_text()
         pub.send("plant/pendulum", faulty_episode(seed=21))
-        _wait_for(lambda: bool(received), 60.0, "an alert on plant/alerts")
-        _wait_for(lambda: _committed(out) >= 100, 60.0, "commits")
+        wait_for(lambda: bool(received), 60.0, "an alert on plant/alerts")
+        wait_for(lambda: committed_steps(out) >= 100, 60.0, "commits")
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=60)
     finally:
