@@ -25,10 +25,11 @@ class SpecError(ValueError):
 
 
 class Spec(BaseModel):
-    """Base of every spec model: unknown keys are errors, and values are not coerced across types
-    beyond what YAML readers expect (an int where a float is asked is fine; "3" for a number is not)."""
+    """Base of every spec model: unknown keys are errors, defaults are validated too, and a field's
+    docstring is its description (shown in `--help` and in "missing key" errors). Models that must not
+    coerce strings to numbers declare their fields strict."""
 
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=False, validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -85,16 +86,46 @@ def key_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
     return path or "<top level>"
 
 
-def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
+def _walk(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> tuple[type[BaseModel] | None, Any]:
+    """Follow an error location through nested spec models: (the model the location ends in, the
+    FieldInfo of its last named field). List indices and mapping keys keep the current model."""
+    field = None
+    for part in loc:
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            field = model.model_fields[part]
+            model = _inner_model(field.annotation)
+    return model, field
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The spec model inside an annotation (`X`, `list[X]`, `dict[str, X]`, `X | None`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(err: ValidationError, source: str, prefix: str = "",
+                            model: type[BaseModel] | None = None) -> str:
     """The first error of a pydantic ValidationError as one line: file, key, what was found, what is expected."""
-    first = err.errors(include_url=False)[0]
-    key = key_path(tuple(first["loc"]), prefix)
+    errors = err.errors(include_url=False)
+    # A misspelt key also shows up as the right key "missing": name the misspelling first.
+    first = min(errors, key=lambda e: e["type"] != "extra_forbidden")
+    loc = tuple(first["loc"])
+    key = key_path(loc, prefix)
     found = first.get("input")
     message = str(first["msg"])
     if first["type"] == "extra_forbidden":
-        return f"{source}: key '{key}' is not a known key (check its spelling)"
+        parent, _ = _walk(model, loc)
+        allowed = f"; expected one of {sorted(parent.model_fields)}" if parent is not None else ""
+        return f"{source}: key '{key}' is not a known key (check its spelling){allowed}"
     if first["type"] == "missing":
-        return f"{source}: key '{key}' is missing"
+        _, field = _walk(model, loc)
+        what = f" ({field.description})" if field is not None and field.description else ""
+        return f"{source}: key '{key}' is missing{what}"
     more = len(err.errors()) - 1
     tail = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{source}: key '{key}' is {found!r}; {message[0].lower() + message[1:]}{tail}"
@@ -108,7 +139,7 @@ def validate_spec(model: type[M], data: Any, source: str = "<spec>", prefix: str
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise error(format_validation_error(err, source, prefix)) from None
+        raise error(format_validation_error(err, source, prefix, model)) from None
 
 
 def load_spec_file(model: type[M], path: str | Path, error: type[SpecError] = SpecError) -> M:
