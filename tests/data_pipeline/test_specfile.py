@@ -30,12 +30,14 @@ def test_valid_spec_round_trips(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    ({"channels": [{"column": "a", "low": "abc"}]}, "plant.yaml: key 'channels.0.low' is 'abc'; input should be a valid number"),
+    ({"channels": [{"column": "a", "low": "abc"}]},
+     "plant.yaml: key 'channels.0.low' is 'abc'; input should be a valid number"),
     ({"channels": [{"column": "a", "lo": 1}]},
      "plant.yaml: key 'channels.0.lo' is not a known key (check its spelling); expected one of ['column', 'low']"),
     ({"chanels": []}, "plant.yaml: key 'chanels' is not a known key (check its spelling); "
                       "expected one of ['channels', 'dt', 'groups']"),
-    ({"channels": [{}]}, "plant.yaml: key 'channels.0.column' is missing (the column of the log that holds this channel)"),
+    ({"channels": [{}]},
+     "plant.yaml: key 'channels.0.column' is missing (the column of the log that holds this channel)"),
     ({"channels": [], "dt": -1}, "plant.yaml: key 'dt' is -1; input should be greater than 0"),
     ({"channels": [], "groups": {"x": {"colum": "a"}}}, "plant.yaml: key 'groups.x.colum' is not a known key"),
 ])
