@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from data_pipeline.schema import StoreSchema
-from data_pipeline.store import TrajectoryStore
+from data_pipeline.store import TrajectoryStore, episode_index
 from data_pipeline.windows import split_episodes
 from scenarios.spec import EveryStart, ExplicitStart, SampleStart, ScenarioSpec, ScenarioSpecError
 
@@ -36,20 +35,13 @@ class StartPoint:
     """(obs (T, D), action (T, A)) of a history file."""
 
 
-def episode_position(table: pd.DataFrame, episode: int | str, key: str, source: str) -> int:
-    """The position of an episode given by position or id in the committed episode table.
-
-    The scenario-side home of this lookup until the store offers one (data_pipeline.store).
-    """
-    ids = table["id"].tolist()
-    if isinstance(episode, str):
-        if episode not in ids:
-            raise ScenarioSpecError(f"{source}: {key}.episode: no committed episode with id {episode!r}")
-        return ids.index(episode)
-    if not 0 <= episode < len(ids):
-        raise ScenarioSpecError(f"{source}: {key}.episode: {episode} is out of range; the store has "
-                                f"{len(ids)} episodes (0..{len(ids) - 1})")
-    return int(episode)
+def episode_position(ids: list[str], episode: int | str, key: str, source: str, where: str) -> int:
+    """The table position of a start's episode (given by position or id), through the store's one lookup
+    rule (`data_pipeline.store.episode_index`); errors name the spec file and key."""
+    try:
+        return episode_index(ids, episode, where=where)
+    except (KeyError, IndexError) as err:
+        raise ScenarioSpecError(f"{source}: {key}.episode: {err.args[0]}") from None
 
 
 def read_history(path: str | Path, schema: StoreSchema, *, source: str = "<spec>",
@@ -87,13 +79,13 @@ def resolve_starts(spec: ScenarioSpec, store: TrajectoryStore) -> list[StartPoin
 
     for start in spec.starts:
         if isinstance(start, ExplicitStart):
-            e = episode_position(table, start.episode, start.key, src)
+            e = episode_position(ids, start.episode, start.key, src, store.path)
             if start.t > lengths[e] - 1:
                 raise ScenarioSpecError(f"{src}: {start.key}.t: row {start.t} is past the end of episode {e} "
                                         f"({lengths[e]} rows); expected 0..{lengths[e] - 1}")
             points.append(at(e, start.t))
         elif isinstance(start, EveryStart):
-            e = episode_position(table, start.episode, start.key, src)
+            e = episode_position(ids, start.episode, start.key, src, store.path)
             last_row = int(lengths[e] - 1)
             first = min(c - 1, last_row) if start.first is None else start.first
             last = last_row if start.last is None else min(start.last, last_row)

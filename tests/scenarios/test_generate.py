@@ -215,7 +215,7 @@ def test_start_errors_name_the_key(trained: Trained, tmp_path: Path) -> None:
                                                 r"\(61 rows\); expected 0\.\.60"):
         resolve_starts(spec, trained.store)
     spec = parse_spec_text("starts: [{episode: 99, t: 1}]\ninterventions: {f: {}}", "s.yaml")
-    with pytest.raises(ScenarioSpecError, match=r"starts\.0\.episode: 99 is out of range"):
+    with pytest.raises(ScenarioSpecError, match=r"starts\.0\.episode: episode 99 out of range"):
         resolve_starts(spec, trained.store)
 
 
