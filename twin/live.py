@@ -54,7 +54,7 @@ class Twin:
 
     def __init__(self, model: WorldModel | str, batch: int = 1, history: int = 256, particles: int = 1,
                  device: str | None = None, seed: int = 0) -> None:
-        from envs.twin import load_model
+        from envs.loading import load_model
 
         if batch < 1 or history < 2 or particles < 1:
             raise ValueError(f"Twin: batch={batch}, history={history}, particles={particles}; expected "
@@ -494,7 +494,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     """`python -m envs.live`: stream + twin + anomaly scores until the source ends or SIGINT / SIGTERM."""
     from data_pipeline.ingest_spec import IngestSpec
     from data_pipeline.stream import StreamConfig, StreamIngest, make_source, open_or_create, run
-    from envs.twin import check_compatible
+    from envs.loading import check_compatible
 
     spec = IngestSpec.from_yaml(args.spec)
     twin = Twin(args.model, history=args.history, particles=args.particles, device=args.device)
