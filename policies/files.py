@@ -1,7 +1,7 @@
 """Policy files: a stable-baselines3 zip and, beside it, a JSON that says what saved it.
 
     policy.zip    the SB3 save (network weights, optimizer state, hyperparameters)
-    policy.json   {"format": 1, "algorithm": "SAC", "sb3_version": "2.7.0",
+    policy.json   {"format": 1, "algorithm": "SAC", "sb3_version": "2.9.2",
                    "observation_space": {...}, "action_space": {...}}
 
 Loading reads the JSON and loads the zip with the algorithm it names: nothing is guessed from the
