@@ -131,7 +131,7 @@ class TwinCLI(LightningCLI):
 def main(argv: list[str] | None = None) -> None:
     given = list(sys.argv[1:] if argv is None else argv)
     if given and given[0] == "policy":
-        from policies.trainer import main as policy_main
+        from policies.cli import main as policy_main
 
         policy_main(given[1:])
         return

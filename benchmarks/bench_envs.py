@@ -84,7 +84,7 @@ class Stepper:
         self.model, self.n, self.bf16 = model, n, precision == "bf16-mixed"
         self.env_actions = np.random.default_rng(0).uniform(-1, 1, (16, n, 6)).astype(np.float32)
         self.raw_actions = torch.from_numpy(self.env_actions).to(model.device)
-        self.state = self.venv.twin.state
+        self.state = self.venv.core.state
         self.generator = torch.Generator().manual_seed(0)
         self.k = 0
 

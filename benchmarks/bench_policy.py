@@ -30,7 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from policies.trainer import PolicyConfig, real_return, train_policy  # noqa: E402
+from policies import PolicyConfig, real_return  # noqa: E402
+from policies.loop import train_policy  # noqa: E402
 
 
 def fit_model(store: str, out: Path, steps: int, seed: int) -> str:

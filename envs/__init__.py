@@ -9,10 +9,24 @@
 `model` is a checkpoint path, an MLflow model URI or a loaded WorldModel; `store` a path or an open
 TrajectoryStore. Episodes are truncated after `max_episode_steps` (200 unless given to make/make_vec).
 See docs/envs.md.
+
+| module | job |
+| --- | --- |
+| `world_model_env.py` | `WorldModelEnv`: the single env (its docstring is the env's spec) |
+| `vector_env.py` | `WorldModelVectorEnv`: all sub-envs in one batched model call, same-step autoreset |
+| `core.py` | `BatchedCore`, `CoreConfig`: the one stepping, seeding and rendering path both envs use |
+| `loading.py` | model / store / `module:function` arguments to objects; model-store compatibility |
+| `starts.py` | start states: recorded rows of the store, or a caller's history |
+| `render.py` | `render()`: channels over the episode, or the predicted image |
+| `rewards.py` | known reward and termination formulas (`envs.rewards:pendulum`, …) |
+| `sb3.py` | `SB3VecEnv` / `make_sb3_env`: the vector env as a stable-baselines3 VecEnv |
+| `live.py` | `python -m envs.live`, an alias of `python -m twin.live` |
 """
 
 import gymnasium
 
+from envs.core import BatchedCore, CoreConfig
+from envs.loading import check_compatible, load_model, open_store
 from envs.vector_env import WorldModelVectorEnv
 from envs.world_model_env import WorldModelEnv
 
@@ -27,4 +41,5 @@ if ENV_ID not in gymnasium.registry:
         max_episode_steps=DEFAULT_MAX_EPISODE_STEPS,
     )
 
-__all__ = ["DEFAULT_MAX_EPISODE_STEPS", "ENV_ID", "WorldModelEnv", "WorldModelVectorEnv"]
+__all__ = ["DEFAULT_MAX_EPISODE_STEPS", "ENV_ID", "BatchedCore", "CoreConfig", "WorldModelEnv", "WorldModelVectorEnv",
+           "check_compatible", "load_model", "open_store"]

@@ -8,8 +8,12 @@ data and how sure it is.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAX_ROWS = 4096  # rows kept per sub-env; older imagined rows are dropped beyond this
 MAX_PANELS = 18  # channels plotted at most (the first ones)
@@ -68,7 +72,7 @@ class Trace:
         self.length += 1
 
 
-def _figure_rgb(fig: object) -> np.ndarray:
+def _figure_rgb(fig: Figure) -> np.ndarray:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)

@@ -46,7 +46,8 @@ class SB3VecEnv(VecEnv):
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
 
     def reset(self) -> VecEnvObs:
-        seed = self._seeds if any(s is not None for s in self._seeds) else None
+        # SB3 seeds sub-env i with s + i; one int does the same for a Gymnasium vector env.
+        seed = next((s for s in self._seeds if s is not None), None)
         options = None
         if any(self._options):
             if any(o != self._options[0] for o in self._options):
@@ -100,7 +101,7 @@ class SB3VecEnv(VecEnv):
 
     def get_images(self) -> Sequence[np.ndarray | None]:
         frames = self.venv.render()
-        return list(frames) if frames is not None else [None] * self.num_envs
+        return [np.asarray(f) for f in frames] if frames is not None else [None] * self.num_envs
 
 
 def make_sb3_env(

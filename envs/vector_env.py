@@ -8,17 +8,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from data_pipeline.store import TrajectoryStore
-from envs.render import image_frame, plot_channels
-from envs.starts import DEFAULT_CACHE_BYTES
-from envs.twin import BatchedTwin, Precision, Termination, TransitionFn, TwinConfig
-from envs.world_model_env import SEED_HIGH
+from envs.core import RENDER_MODES, BatchedCore, CoreConfig, EnvOptions
 from worldmodel.interface import WorldModel
 
 
@@ -53,7 +50,7 @@ class WorldModelVectorEnv(VectorEnv):
     (num_envs, obs_dim) for vector observations, and after a reset `start_episode` / `start_t`.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20, "autoreset_mode": AutoresetMode.SAME_STEP}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": 20, "autoreset_mode": AutoresetMode.SAME_STEP}
 
     def __init__(
         self,
@@ -62,47 +59,32 @@ class WorldModelVectorEnv(VectorEnv):
         store: TrajectoryStore | str | os.PathLike | None = None,
         *,
         max_episode_steps: int | None = None,
-        history: int = 16,
-        reward_fn: str | TransitionFn | None = None,
-        termination_fn: str | TransitionFn | None = None,
-        termination: Termination = "threshold",
-        uncertainty_penalty: float = 0.0,
-        device: str | None = None,
-        precision: Precision = "32-true",
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
         render_mode: str | None = None,
+        **options: Unpack[EnvOptions],
     ) -> None:
         if model is None or store is None:
             raise TypeError("WorldModelVectorEnv needs model= (WorldModel, path or MLflow URI) and store= "
                             "(TrajectoryStore or path)")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}; expected None or one of {self.metadata['render_modes']}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps={max_episode_steps}; expected a positive number or None")
-        config = TwinConfig(history=history, reward_fn=reward_fn, termination_fn=termination_fn,
-                            termination=termination, uncertainty_penalty=uncertainty_penalty, device=device,
-                            precision=precision, cache_bytes=cache_bytes, record_trace=render_mode is not None)
-        self.twin = BatchedTwin(model, store, num_envs, config)
+        self.core = BatchedCore(model, store, num_envs, CoreConfig(render_mode=render_mode, **options))
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.render_mode = render_mode
-        self.single_observation_space = self.twin.observation_space
-        self.single_action_space = self.twin.action_space
+        self.single_observation_space = self.core.observation_space
+        self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.metadata = {**self.metadata, "render_fps": max(1, round(1.0 / self.twin.schema.dt))}
+        self.metadata = {**self.metadata, "render_fps": self.core.render_fps}
         self.elapsed = np.zeros(num_envs, np.int64)
         self._all = np.ones(num_envs, bool)
-        self._generator_seeded = False
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         if isinstance(seed, list | tuple):
             seed = next((s for s in seed if s is not None), None)
         super().reset(seed=seed)
-        if seed is not None or not self._generator_seeded:
-            self.twin.seed(int(self.np_random.integers(SEED_HIGH)))
-            self._generator_seeded = True
+        self.core.seed(self.np_random, seed)
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         if mask is None:
@@ -111,17 +93,17 @@ class WorldModelVectorEnv(VectorEnv):
         if mask.shape != (self.num_envs,):
             raise ValueError(f"reset options['reset_mask']: shape {mask.shape}; expected ({self.num_envs},) bool")
         index = np.flatnonzero(mask)
-        start = self.twin.reset(index, self.np_random, options)
+        start = self.core.reset(index, self.np_random, options)
         self.elapsed[index] = 0
         info: dict[str, Any] = {}
         for key, value in start.items():
             full = np.full(self.num_envs, -1, np.int64)
             full[index] = value
             info[key], info[f"_{key}"] = full, mask.copy()
-        return self.twin.obs.copy(), info
+        return self.core.obs.copy(), info
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        out = self.twin.step(actions)
+        out = self.core.step(actions)
         self.elapsed += 1
         terminated = out.terminated
         if self.max_episode_steps is None:
@@ -142,9 +124,9 @@ class WorldModelVectorEnv(VectorEnv):
             final_info = {k: v.copy() for k, v in info.items() if not k.startswith("_")}
             final_info.update({f"_{k}": done.copy() for k in list(final_info)})
             info.update(final_obs=final_obs, _final_obs=done.copy(), final_info=final_info, _final_info=done.copy())
-            start = self.twin.reset(index, self.np_random, None)
+            start = self.core.reset(index, self.np_random, None)
             self.elapsed[index] = 0
-            obs[index] = self.twin.obs[index]
+            obs[index] = self.core.obs[index]
             for key, value in start.items():
                 full = np.full(self.num_envs, -1, np.int64)
                 full[index] = value
@@ -156,10 +138,4 @@ class WorldModelVectorEnv(VectorEnv):
         so render few sub-envs (or make a small `num_envs` for viewing)."""
         if self.render_mode is None:
             return None
-        if self.twin.image_obs:
-            return tuple(image_frame(o) for o in self.twin.obs)
-        if self.twin.trace is None or self.twin.state is None:
-            raise RuntimeError("render() before reset(): there is no episode to plot yet")
-        schema = self.twin.schema
-        return tuple(plot_channels(self.twin.trace, i, schema.obs_channels, schema.obs_units, schema.dt)
-                     for i in range(self.num_envs))
+        return tuple(self.core.render_frame(i) for i in range(self.num_envs))

@@ -8,18 +8,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Unpack
 
 import gymnasium as gym
 import numpy as np
 
 from data_pipeline.store import TrajectoryStore
-from envs.render import image_frame, plot_channels
-from envs.starts import DEFAULT_CACHE_BYTES
-from envs.twin import BatchedTwin, Precision, Termination, TransitionFn, TwinConfig
+from envs.core import RENDER_MODES, BatchedCore, CoreConfig, EnvOptions
 from worldmodel.interface import WorldModel
-
-SEED_HIGH = 2**63 - 1
 
 
 class WorldModelEnv(gym.Env):
@@ -31,7 +27,7 @@ class WorldModelEnv(gym.Env):
     next observation from its belief state and the action. Episodes start from the recorded trajectory
     store the model was trained on: the model first assimilates real history (`WorldModel.observe`), so
     the twin starts synced to the real system, then imagines. The env is the batch-of-one case of
-    `WorldModelVectorEnv` and shares its stepping code (`envs.twin.BatchedTwin`).
+    `WorldModelVectorEnv` and shares its stepping code (`envs.core.BatchedCore`).
 
     ## Action Space
 
@@ -82,7 +78,7 @@ class WorldModelEnv(gym.Env):
     ## Arguments
 
     `model` (WorldModel, checkpoint path or MLflow URI), `store` (TrajectoryStore or path); see
-    `envs.twin.TwinConfig` for `history`, `reward_fn`, `termination_fn`, `termination`,
+    `envs.core.CoreConfig` for `history`, `reward_fn`, `termination_fn`, `termination`,
     `uncertainty_penalty`, `device`, `precision` ("bf16-mixed" for speed) and `cache_bytes`;
     `render_mode="rgb_array"` plots the channels over the episode (or returns the predicted image for
     image models).
@@ -92,47 +88,32 @@ class WorldModelEnv(gym.Env):
     - v0: initial version.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": 20}
 
     def __init__(
         self,
         model: WorldModel | str | os.PathLike,
         store: TrajectoryStore | str | os.PathLike,
         *,
-        history: int = 16,
-        reward_fn: str | TransitionFn | None = None,
-        termination_fn: str | TransitionFn | None = None,
-        termination: Termination = "threshold",
-        uncertainty_penalty: float = 0.0,
-        device: str | None = None,
-        precision: Precision = "32-true",
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
         render_mode: str | None = None,
+        **options: Unpack[EnvOptions],
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}; expected None or one of {self.metadata['render_modes']}")
-        config = TwinConfig(history=history, reward_fn=reward_fn, termination_fn=termination_fn,
-                            termination=termination, uncertainty_penalty=uncertainty_penalty, device=device,
-                            precision=precision, cache_bytes=cache_bytes, record_trace=render_mode is not None)
-        self.twin = BatchedTwin(model, store, 1, config)
-        self.observation_space = self.twin.observation_space
-        self.action_space = self.twin.action_space
+        self.core = BatchedCore(model, store, 1, CoreConfig(render_mode=render_mode, **options))
+        self.observation_space = self.core.observation_space
+        self.action_space = self.core.action_space
         self.render_mode = render_mode
-        self.metadata = {**self.metadata, "render_fps": max(1, round(1.0 / self.twin.schema.dt))}
-        self._generator_seeded = False
+        self.metadata = {**self.metadata, "render_fps": self.core.render_fps}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        if seed is not None or not self._generator_seeded:
-            self.twin.seed(int(self.np_random.integers(SEED_HIGH)))
-            self._generator_seeded = True
-        info = self.twin.reset(np.zeros(1, np.int64), self.np_random, options)
-        return self.twin.obs[0].copy(), {k: v[0].item() for k, v in info.items()}
+        self.core.seed(self.np_random, seed)
+        info = self.core.reset(np.zeros(1, np.int64), self.np_random, options)
+        return self.core.obs[0].copy(), {k: v[0].item() for k, v in info.items()}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        batch = np.asarray(action)[None] if self.twin.discrete else np.asarray(action, np.float32)[None]
-        out = self.twin.step(batch)  # validates the shape, clips Box actions to the space
+        batch = np.asarray(action)[None] if self.core.discrete else np.asarray(action, np.float32)[None]
+        out = self.core.step(batch)  # validates the shape, clips Box actions to the space
         info: dict[str, Any] = {"uncertainty": float(out.uncertainty[0])}
         if out.obs_std is not None:
             info["obs_std"] = out.obs_std[0].copy()
@@ -143,9 +124,4 @@ class WorldModelEnv(gym.Env):
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; make the env with render_mode='rgb_array'")
             return None
-        if self.twin.image_obs:
-            return image_frame(self.twin.obs[0])
-        if self.twin.trace is None or self.twin.state is None:
-            raise RuntimeError("render() before reset(): there is no episode to plot yet")
-        schema = self.twin.schema
-        return plot_channels(self.twin.trace, 0, schema.obs_channels, schema.obs_units, schema.dt)
+        return self.core.render_frame(0)

@@ -20,7 +20,7 @@ from typing import Any
 
 from data_pipeline.ingest import IngestSpec
 from data_pipeline.stream import Block, StreamConfig, StreamIngest, make_source, open_or_create, run
-from envs.twin import check_compatible
+from envs.loading import check_compatible
 from twin.alerts import alert_sink
 from twin.anomaly import AnomalyConfig, AnomalyScorer, Calibration
 from twin.mirror import LiveMirror

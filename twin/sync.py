@@ -17,7 +17,7 @@ import torch
 
 from data_pipeline.schema import DISCRETE_FILL
 from data_pipeline.store.files import atomic_write
-from envs.twin import load_model
+from envs.loading import load_model
 from twin.anomaly import mixture, pool
 from worldmodel.interface import Prediction, WorldModel, repeat_state
 

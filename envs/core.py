@@ -1,38 +1,37 @@
 """The one stepping code path behind `WorldModelEnv` and `WorldModelVectorEnv`.
 
-`BatchedTwin` holds a batch of imagined systems: the model's state for each, the last observation
+`BatchedCore` holds a batch of imagined systems: the model's state for each, the last observation
 returned, and where each episode started. Resets assimilate real history with `WorldModel.observe`;
 steps are one batched `WorldModel.step` on the model's device, followed by the reward, termination and
-uncertainty bookkeeping in numpy. The envs add only Gymnasium's API on top (seeding, autoreset, time
-limits, unbatching for the single env).
+uncertainty bookkeeping in numpy. The envs add only Gymnasium's API on top (autoreset, time limits,
+unbatching for the single env); seeding and rendering, which both envs do alike, live here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
-from data_pipeline.hooks import import_function
-from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
-from envs.render import Trace
+from envs.loading import TransitionFn, check_compatible, load_model, open_store, transition_fn
+from envs.render import Trace, image_frame, plot_channels
 from envs.starts import DEFAULT_CACHE_BYTES, History, RecordedStarts
 from worldmodel.interface import State, WorldModel, index_state, merge_state
 
 Termination = Literal["threshold", "sample", "never"]
 Precision = Literal["32-true", "bf16-mixed"]
-TransitionFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 RESET_OPTION_KEYS = ("episode", "t", "history", "reset_mask")
+SEED_HIGH = 2**63 - 1
+RENDER_MODES = ["rgb_array"]
 
 
 @dataclass
-class TwinConfig:
+class CoreConfig:
     """How a learned env turns model predictions into Gymnasium steps (see the env docstrings)."""
 
     history: int = 16
@@ -55,12 +54,25 @@ class TwinConfig:
     AMX and on GPUs, at bf16 accuracy in the networks (predictions still leave in float32)."""
     cache_bytes: int = DEFAULT_CACHE_BYTES
     """Vector stores whose obs and action rows fit are read into memory once; others are read per reset."""
-    record_trace: bool = False
-    """Keep each sub-env's episode so far for `render()`."""
+    render_mode: str | None = None
+    """"rgb_array" keeps each sub-env's episode so far for `render()`; None renders nothing."""
+
+
+class EnvOptions(TypedDict, total=False):
+    """`CoreConfig`'s fields as keyword arguments of both envs (`gymnasium.make(..., history=32)`), typed."""
+
+    history: int
+    reward_fn: str | TransitionFn | None
+    termination_fn: str | TransitionFn | None
+    termination: Termination
+    uncertainty_penalty: float
+    device: str | None
+    precision: Precision
+    cache_bytes: int
 
 
 @dataclass
-class TwinStep:
+class CoreStep:
     """One batched step, numpy arrays with the batch first."""
 
     obs: np.ndarray
@@ -71,60 +83,19 @@ class TwinStep:
     """(B, obs_dim) predictive std per channel (vector observations only)."""
 
 
-def load_model(model: WorldModel | str | os.PathLike, device: str | None) -> WorldModel:
-    """A WorldModel from an instance, a checkpoint path or an MLflow URI, in eval mode on `device`."""
-    if isinstance(model, str | os.PathLike):
-        import worldmodel
-
-        model = worldmodel.load(str(model), map_location=device or "cpu")
-    if not isinstance(model, WorldModel):
-        raise TypeError(f"model: got {type(model).__name__}; expected a WorldModel, a checkpoint path or an "
-                        "MLflow model URI (runs:/…, models:/…)")
-    if device is not None and model.device != torch.device(device):
-        model = model.to(device)
-    return model.eval()
-
-
-def open_store(store: TrajectoryStore | str | os.PathLike) -> TrajectoryStore:
-    if isinstance(store, TrajectoryStore):
-        return store
-    if isinstance(store, str | os.PathLike):
-        return TrajectoryStore.open(str(store))
-    raise TypeError(f"store: got {type(store).__name__}; expected a TrajectoryStore or a path / URL to one")
-
-
-def check_compatible(model: StoreSchema, store: StoreSchema, where: str) -> None:
-    """The model must have been trained on data shaped like the store's: same channels and spaces."""
-    checks = [
-        ("obs_channels", model.obs_channels, store.obs_channels),
-        ("action_channels", model.action_channels, store.action_channels),
-        ("image_shape", model.image_shape, store.image_shape),
-        ("action_space", model.gym_action_space(), store.gym_action_space()),
-        ("observation_space shape", model.gym_observation_space().shape, store.gym_observation_space().shape),
-    ]
-    for name, ours, theirs in checks:
-        if ours != theirs:
-            raise ValueError(f"{where}: the model was trained on {name} {ours}, but the store has {theirs}; "
-                             "use the store the model was trained on (or one with the same schema)")
-
-
-def _transition_fn(spec: str | TransitionFn | None, name: str) -> TransitionFn | None:
-    if spec is None or callable(spec):
-        return spec
-    return import_function(spec)
-
-
-class BatchedTwin:
+class BatchedCore:
     """A batch of `num_envs` imagined copies of the recorded system, stepped together."""
 
-    def __init__(self, model: WorldModel | str, store: TrajectoryStore | str, num_envs: int,
-                 config: TwinConfig) -> None:
+    def __init__(self, model: WorldModel | str | os.PathLike, store: TrajectoryStore | str | os.PathLike,
+                 num_envs: int, config: CoreConfig) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}; expected at least 1")
         if config.termination not in ("threshold", "sample", "never"):
             raise ValueError(f"termination={config.termination!r}; expected 'threshold', 'sample' or 'never'")
         if config.precision not in ("32-true", "bf16-mixed"):
             raise ValueError(f"precision={config.precision!r}; expected '32-true' or 'bf16-mixed'")
+        if config.render_mode is not None and config.render_mode not in RENDER_MODES:
+            raise ValueError(f"render_mode={config.render_mode!r}; expected None or one of {RENDER_MODES}")
         self.config = config
         self.num_envs = num_envs
         self.store = open_store(store)
@@ -132,29 +103,44 @@ class BatchedTwin:
         self.device = self.model.device
         self.schema = self.store.schema
         check_compatible(self.model.schema, self.schema, f"store {self.store.path}")
-        self.observation_space = self.schema.gym_observation_space()
+        observation_space = self.schema.gym_observation_space()
+        assert isinstance(observation_space, spaces.Box)  # vectors and images are both Boxes
+        self.observation_space: spaces.Box = observation_space
         self.action_space = self.schema.gym_action_space()
+        self.action_shape: tuple[int, ...] = tuple(self.action_space.shape or ())  # () for Discrete
         self.image_obs = self.schema.image_obs
         self.discrete = isinstance(self.action_space, spaces.Discrete)
         self.starts = RecordedStarts(self.store, config.history, config.cache_bytes)
-        self.reward_fn = _transition_fn(config.reward_fn, "reward_fn")
-        self.termination_fn = _transition_fn(config.termination_fn, "termination_fn")
+        self.reward_fn = transition_fn(config.reward_fn)
+        self.termination_fn = transition_fn(config.termination_fn)
         self._bf16 = config.precision == "bf16-mixed"
         self.generator = torch.Generator(device="cpu")  # models draw their noise on CPU from it
+        self._seeded = False
         self.state: State | None = None
         self.obs = np.zeros((num_envs, *self.observation_space.shape), self.observation_space.dtype)
         self.start_episode = np.full(num_envs, -1, np.int64)
         self.start_t = np.zeros(num_envs, np.int64)
-        box = self.observation_space
-        self._obs_low, self._obs_high = box.low, box.high
-        if not self.discrete:
+        self._obs_low, self._obs_high = self.observation_space.low, self.observation_space.high
+        if isinstance(self.action_space, spaces.Box):
             self._act_low = self.action_space.low.astype(np.float32)
             self._act_high = self.action_space.high.astype(np.float32)
-        self.trace = Trace(num_envs, self.schema.obs_dim) if config.record_trace and not self.image_obs else None
+        recording = config.render_mode is not None and not self.image_obs
+        self.trace = Trace(num_envs, self.schema.obs_dim) if recording else None
 
-    def seed(self, seed: int) -> None:
-        """Seed the model's sampling noise (the envs derive `seed` from their `np_random`)."""
-        self.generator.manual_seed(int(seed))
+    @property
+    def render_fps(self) -> int:
+        """Frames per second of real time: one frame per recorded step."""
+        return max(1, round(1.0 / self.schema.dt))
+
+    def seed(self, np_random: np.random.Generator, seed: int | None) -> None:
+        """Seed the model's sampling noise from the env's `np_random`, on a seeded reset or the first one.
+
+        Drawing the torch seed from `np_random` makes one `reset(seed=s)` fix both the start states and
+        the model's noise; unseeded resets after the first keep the noise stream going.
+        """
+        if seed is not None or not self._seeded:
+            self.generator.manual_seed(int(np_random.integers(SEED_HIGH)))
+            self._seeded = True
 
     # ------------------------------------------------------------------ reset
     def reset(self, index: np.ndarray, rng: np.random.Generator, options: dict[str, Any] | None
@@ -178,7 +164,7 @@ class BatchedTwin:
             if not isinstance(given, dict) or "obs" not in given or "action" not in given:
                 raise ValueError("reset options['history']: expected a dict with 'obs' and 'action' arrays")
             hist = History.from_arrays(given["obs"], given["action"], image=self.image_obs,
-                                       action_shape=self.action_space.shape, batch=k,
+                                       action_shape=self.action_shape, batch=k,
                                        is_first=given.get("is_first"))
         else:
             if "episode" in options:
@@ -214,7 +200,7 @@ class BatchedTwin:
                 self.state = merge_state(self.state, rows, fresh)
 
     # ------------------------------------------------------------------ step
-    def step(self, action: Any) -> TwinStep:
+    def step(self, action: Any) -> CoreStep:
         """Advance every sub-env one step under `action` ((B, action_dim) Box or (B,) Discrete)."""
         if self.state is None:
             raise RuntimeError("step before reset: call reset() first")
@@ -242,15 +228,23 @@ class BatchedTwin:
         self.obs = next_obs.copy()  # the caller owns the returned array
         if self.trace is not None:
             self.trace.append(next_obs, obs_std, uncertainty)
-        return TwinStep(obs=next_obs, reward=reward.astype(np.float32, copy=False), terminated=terminated,
+        return CoreStep(obs=next_obs, reward=reward.astype(np.float32, copy=False), terminated=terminated,
                         uncertainty=uncertainty, obs_std=obs_std)
+
+    def render_frame(self, i: int) -> np.ndarray:
+        """An RGB array of sub-env `i`: its channels over the episode so far, or its current (predicted) image."""
+        if self.image_obs:
+            return image_frame(self.obs[i])
+        if self.trace is None or self.state is None:
+            raise RuntimeError("render() before reset(): there is no episode to plot yet")
+        return plot_channels(self.trace, i, self.schema.obs_channels, self.schema.obs_units, self.schema.dt)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
 
     def _as_action(self, action: Any) -> np.ndarray:
         n = self.num_envs
-        if self.discrete:
+        if isinstance(self.action_space, spaces.Discrete):
             act = np.asarray(action)
             if act.shape == (n, 1):  # store layout: one action channel
                 act = act[:, 0]
@@ -262,8 +256,8 @@ class BatchedTwin:
                 raise ValueError(f"action: values {act.min()}..{act.max()} outside {self.action_space}")
             return act.astype(np.int64, copy=False)
         act = np.asarray(action, np.float32)
-        if act.shape != (n, *self.action_space.shape):
-            raise ValueError(f"action: got shape {act.shape}; expected {(n, *self.action_space.shape)} "
+        if act.shape != (n, *self.action_shape):
+            raise ValueError(f"action: got shape {act.shape}; expected {(n, *self.action_shape)} "
                              f"(sub-envs × {self.schema.action_channels})")
         # As Gymnasium's own envs do, out-of-range actions are clipped to the actuators' limits.
         return np.clip(act, self._act_low, self._act_high)

@@ -27,10 +27,7 @@ from envs.vector_env import WorldModelVectorEnv
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 from worldmodel.interface import WorldModel, previous_actions
 
-REPO = Path(__file__).resolve().parents[1]
-HAVE_RSSM = (REPO / "worldmodel" / "rssm.py").exists()
-HAVE_DIFFUSION = (REPO / "worldmodel" / "diffusion.py").exists()
-KINDS = ["ensemble"] + (["rssm"] if HAVE_RSSM else []) + (["diffusion"] if HAVE_DIFFUSION else [])
+KINDS = ["ensemble", "rssm", "diffusion"]  # every model kind: a kind that cannot be built fails, never skips
 
 
 # ---------------------------------------------------------------------------------------- fixtures
@@ -181,7 +178,7 @@ def _direct_errors(model: WorldModel, store: TrajectoryStore, starts: list[tuple
     return np.asarray(errs)
 
 
-@pytest.mark.parametrize("kind", ["ensemble"] + (["rssm"] if HAVE_RSSM else []))
+@pytest.mark.parametrize("kind", ["ensemble", "rssm"])
 def test_reset_from_recorded_state_reproduces_recording(kind: str, stores: dict, ensembles: dict) -> None:
     """Reset at (e, t), then the recorded actions: the errors to the recorded observations are the model's
     own (the model evaluated directly on the same history and actions), far below an unsynced start's."""
@@ -211,7 +208,7 @@ def test_history_reset_equals_episode_reset(stores: dict, ensembles: dict) -> No
         model = _model(kind, "pendulum", stores, ensembles)
         env = gym.make("WorldModel-v0", model=model, store=store, history=16)
         uncached = gym.make("WorldModel-v0", model=model, store=store, history=16, cache_bytes=0)
-        assert env.unwrapped.twin.starts.cached and not uncached.unwrapped.twin.starts.cached
+        assert env.unwrapped.core.starts.cached and not uncached.unwrapped.core.starts.cached
         hist = {"obs": ep.obs[: t + 1], "action": ep.action[:t]}
         a = _rollout(env, 3, 5, {"history": hist})
         b = _rollout(env, 3, 5, {"episode": ep.episode_id, "t": t})
@@ -237,6 +234,17 @@ def test_reset_option_errors(stores: dict, ensembles: dict) -> None:
         env.reset(options={"episod": 0})
     with pytest.raises(ValueError, match="obs_channels"):
         gym.make("WorldModel-v0", model=ensembles["pendulum"], store=stores["cartpole"])
+    with pytest.raises(TypeError, match="histroy"):
+        gym.make("WorldModel-v0", model=ensembles["pendulum"], store=stores["pendulum"], histroy=4)
+
+
+def test_env_options_are_the_core_config() -> None:
+    """The envs' typed keyword options and `CoreConfig` name the same fields (render_mode is the envs' own)."""
+    from dataclasses import fields
+
+    from envs.core import CoreConfig, EnvOptions
+
+    assert set(EnvOptions.__annotations__) == {f.name for f in fields(CoreConfig)} - {"render_mode"}
 
 
 # ---------------------------------------------------------------------------------------- vector env
@@ -364,7 +372,7 @@ def test_render_rgb_array(stores: dict, ensembles: dict) -> None:
         env.step(np.array([0.5], np.float32))
     frame = env.render()
     assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3 and frame.std() > 0
-    trace = env.unwrapped.twin.trace
+    trace = env.unwrapped.core.trace
     assert trace.real[0] == 13 and trace.length[0] == 17  # 13 recorded rows (t = 0..12), then 4 imagined
     venv = WorldModelVectorEnv(2, ensembles["cartpole"], stores["cartpole"], render_mode="rgb_array",
                                max_episode_steps=3)
@@ -400,16 +408,28 @@ def test_sb3_adapter_terminal_observation(stores: dict, ensembles: dict) -> None
 
 
 def test_sb3_ppo_and_sac_run(stores: dict, ensembles: dict) -> None:
+    """Both algorithm families learn in the learned env through the adapter: they step it for the whole
+    budget, see finished episodes (VecMonitor), update their networks and act inside the action space."""
     from stable_baselines3 import PPO, SAC
 
-    venv = make_sb3_env(ensembles["cartpole"], stores["cartpole"], num_envs=4, seed=0, max_episode_steps=20,
-                        termination_fn="envs.rewards:cartpole_termination")
-    PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
-        policy_kwargs={"net_arch": [16]}).learn(256)
-    venv = make_sb3_env(ensembles["pendulum"], stores["pendulum"], num_envs=4, seed=0, max_episode_steps=20,
-                        reward_fn="envs.rewards:pendulum")
-    SAC("MlpPolicy", venv, learning_starts=64, batch_size=32, seed=0, device="cpu",
-        policy_kwargs={"net_arch": [16]}).learn(256)
+    cartpole = make_sb3_env(ensembles["cartpole"], stores["cartpole"], num_envs=4, seed=0, max_episode_steps=20,
+                            termination_fn="envs.rewards:cartpole_termination")
+    pendulum = make_sb3_env(ensembles["pendulum"], stores["pendulum"], num_envs=4, seed=0, max_episode_steps=20,
+                            reward_fn="envs.rewards:pendulum")
+    agents = [
+        (PPO("MlpPolicy", cartpole, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
+             policy_kwargs={"net_arch": [16]}), cartpole),
+        (SAC("MlpPolicy", pendulum, learning_starts=64, batch_size=32, seed=0, device="cpu",
+             policy_kwargs={"net_arch": [16]}), pendulum),
+    ]
+    for agent, venv in agents:
+        before = [p.detach().clone() for p in agent.policy.parameters()]
+        agent.learn(256)
+        assert agent.num_timesteps == 256
+        assert len(agent.ep_info_buffer) > 0 and all(ep["l"] <= 20 for ep in agent.ep_info_buffer)
+        assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters(), strict=True))
+        actions, _ = agent.predict(venv.reset(), deterministic=True)
+        assert all(venv.action_space.contains(np.asarray(a, venv.action_space.dtype)) for a in actions)
 
 
 # ---------------------------------------------------------------------------------------- image models

@@ -1,0 +1,51 @@
+"""`train.py policy`: intervention policies trained in the learned environment, and the model-based loop.
+
+    python train.py policy --config configs/pendulum/policy.yaml --model MODEL --store STORE [--iterations K]
+
+Each iteration (MBPO-style): train a stable-baselines3 agent in the vectorized `WorldModel-v0`,
+with short model rollouts started from recorded states; evaluate it on the real system (the
+Gymnasium id `real_env`, the stand-in for the physical plant) if one is named; then collect
+`collect_episodes` real episodes with the policy into the store (append, commit protocol), fine-tune
+the world model on the grown store and continue. The learning curve is real return against real
+steps used (the store's transitions, random-policy data included). Everything is logged to MLflow;
+the policy (zip + JSON) is an artifact and a Model Registry entry. Ends by printing `policy: PATH`,
+`policy_uri: …`, `real_return: …`, `real_steps: …`.
+
+`--resume` continues a killed run from its last checkpoint in `out_dir` (agent, replay buffer,
+iteration, model).
+"""
+
+from __future__ import annotations
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from data_pipeline.specfile import validate_spec
+from policies.config import PolicyConfig
+
+OUTPUT_KEYS = ("policy", "policy_uri", "real_return", "real_steps", "model", "run_id")
+
+
+def build_parser() -> ArgumentParser:
+    """The `train.py policy` options: `PolicyConfig`'s fields (help from their docstrings), plus --config
+    and --resume."""
+    parser = ArgumentParser(prog="python train.py policy", description=__doc__,
+                            default_config_files=[], env_prefix="TWINWORLD_POLICY")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (keys of PolicyConfig)")
+    parser.add_class_arguments(PolicyConfig, as_group=False)
+    parser.add_argument("--resume", action="store_true", help="continue a killed run from out_dir's checkpoint")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    """Parse the command line, run the policy loop and print its outputs, one `key: value` a line."""
+    from policies.loop import train_policy
+
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    resume = bool(ns.pop("resume"))
+    ns.pop("config", None)
+    cfg = validate_spec(PolicyConfig, ns.as_dict(), "train.py policy")
+    outputs = train_policy(cfg, resume=resume)
+    for key in OUTPUT_KEYS:
+        print(f"{key}: {outputs[key]}")
+    return outputs

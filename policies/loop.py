@@ -1,0 +1,162 @@
+"""The model-based policy loop behind `train.py policy` (MBPO-style).
+
+Each iteration trains a stable-baselines3 agent in the vectorized `WorldModel-v0`, with short model
+rollouts started from recorded states; evaluates it on the real system (the Gymnasium id `real_env`,
+the stand-in for the physical plant) if one is named; then collects `collect_episodes` real episodes
+with the policy into the store (append, commit protocol), fine-tunes the world model on the grown
+store and continues. The learning curve is real return against real steps used (the store's
+transitions, random-policy data included). Everything is logged to MLflow; the policy is an artifact
+and a Model Registry entry.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from data_pipeline.store import TrajectoryStore
+from policies.checkpoint import IterationCheckpoint, LoopState
+from policies.config import PolicyConfig
+from policies.evaluation import model_return, real_return
+from policies.files import info_path, load_sb3, save_sb3
+from policies.refit import refit
+
+REAL_EVAL_SEED = 10_000  # real evaluation episodes never share a seed with collected ones
+
+
+def real_steps(store_path: str) -> int:
+    """Real transitions in the store: every step the policy loop has cost the real system."""
+    with TrajectoryStore.open(store_path) as store:
+        return int(store.num_steps - store.num_episodes)
+
+
+def make_agent(cfg: PolicyConfig, venv: Any) -> BaseAlgorithm:
+    """A fresh SB3 agent of `cfg.algorithm` with an MLP policy on the learned env."""
+    import stable_baselines3
+
+    algo = getattr(stable_baselines3, cfg.algorithm)
+    return algo("MlpPolicy", venv, seed=cfg.seed, verbose=0, **cfg.hyperparameters)
+
+
+def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
+    """Run the (model-based) policy training loop; return the outputs `train.py policy` prints."""
+    from data_pipeline.record import record
+    from envs.sb3 import make_sb3_env
+    from tracking.lineage import lineage_tags
+    from tracking.logger import BufferedMLflowLogger
+    from worldmodel.io import resolve_model_file
+
+    torch.set_num_threads(cfg.torch_threads)
+    if not cfg.model or not cfg.store:
+        raise ValueError("policy: --model and --store are required (the store the rollouts start from)")
+    if cfg.iterations > 1 and not cfg.real_env:
+        raise ValueError("policy: iterations > 1 collects real data and needs real_env (a Gymnasium id)")
+    out = Path(cfg.out_dir)
+    state_file = out / "state.json"
+    state = LoopState(model=str(resolve_model_file(cfg.model)))
+    if resume and state_file.exists():
+        state = LoopState.load(state_file)
+    elif out.exists() and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tracker = BufferedMLflowLogger(
+        experiment_name=cfg.experiment, run_name=f"policy-{cfg.algorithm}-s{cfg.seed}", run_id=state.run_id,
+        tags={"twinworld.stage": "policy", "twinworld.model_uri": cfg.model, "data.store": cfg.store,
+              **lineage_tags(cfg.model)})
+    if state.run_id is None:
+        state.run_id = tracker.run_id
+        tracker.log_hyperparams({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in cfg.model_dump().items()})
+
+    agent: BaseAlgorithm | None = None
+    agent_file = out / "agent.zip"
+    buffer_file = out / "replay_buffer.pkl"
+    final_return = float("nan")
+    for iteration in range(state.iteration, cfg.iterations):
+        t0 = time.time()
+        venv = make_sb3_env(state.model, cfg.store, num_envs=cfg.num_envs, seed=cfg.seed + iteration,
+                            reward_fn=cfg.reward_fn, termination_fn=cfg.termination_fn,
+                            uncertainty_penalty=cfg.uncertainty_penalty, max_episode_steps=cfg.rollout_horizon)
+        if agent is None and resume and agent_file.exists():
+            agent = load_sb3(agent_file)
+            agent.set_env(venv)
+            if buffer_file.exists() and isinstance(agent, OffPolicyAlgorithm):
+                agent.load_replay_buffer(buffer_file)
+        elif agent is None:
+            agent = make_agent(cfg, venv)
+        else:
+            agent.set_env(venv)
+        done_steps = state.iteration_steps if resume else 0
+        remaining = max(cfg.timesteps - done_steps, 0)
+        checkpoint = IterationCheckpoint(cfg.checkpoint_every, agent_file, buffer_file, state, state_file,
+                                         iteration, done_steps)
+        if remaining:
+            agent.learn(remaining, reset_num_timesteps=False, callback=[checkpoint])
+        resume = False
+        state.iteration_steps = 0
+
+        metrics = {"model_return": model_return(agent, venv, min(cfg.eval_episodes, cfg.num_envs * 4))}
+        steps_used = real_steps(cfg.store)
+        if cfg.real_env:
+            final_return = real_return(agent, cfg.real_env, cfg.eval_episodes, seed=REAL_EVAL_SEED)
+            metrics["real_return"] = final_return
+        else:
+            final_return = metrics["model_return"]
+        metrics["real_steps"] = steps_used
+        metrics["iteration_seconds"] = time.time() - t0
+        tracker.log_metrics(metrics, step=iteration)
+        if cfg.real_env:
+            tracker.log_metrics({"real_return_vs_real_steps": final_return}, step=steps_used)
+        state.curve.append({"iteration": iteration, **metrics})
+        print(f"[policy] iteration {iteration}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()), flush=True)
+        venv.close()
+        save_sb3(agent, agent_file)
+
+        if cfg.real_env and iteration < cfg.iterations - 1:
+            # Collect real data with the current policy, then refit the model on the grown store.
+            record(cfg.real_env, cfg.collect_episodes, cfg.store, policy=str(agent_file),
+                   seed=cfg.seed * 1000 + 500 + iteration * cfg.collect_episodes, append=True,
+                   progress=False).close()
+            state.model = refit(state.model, cfg.store, cfg, out, iteration)
+        state.iteration = iteration + 1
+        state.save(state_file)
+
+    if agent is None:  # every iteration was already done: the run finished before it was resumed
+        agent = load_sb3(agent_file)
+    policy_path = save_sb3(agent, out / "policy.zip")
+    (out / "learning_curve.json").write_text(json.dumps(state.curve, indent=1))
+    policy_uri = publish(policy_path, out / "learning_curve.json", tracker.run_id, cfg.registered_policy_name)
+    tracker.end_run()
+    return {"policy": str(policy_path), "policy_uri": policy_uri, "real_return": f"{final_return:.1f}",
+            "real_steps": str(real_steps(cfg.store)), "model": state.model, "run_id": tracker.run_id}
+
+
+def publish(policy_path: Path, curve_path: Path, run_id: str, registered_name: str) -> str:
+    """Log the policy (zip + JSON), its learning curve and a pyfunc model to the MLflow run; register it
+    as `registered_name` unless that is empty. Returns the policy's model URI."""
+    import mlflow
+
+    from tracking.logger import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifact(str(policy_path), artifact_path="policy")
+        mlflow.log_artifact(str(info_path(policy_path)), artifact_path="policy")
+        mlflow.log_artifact(str(curve_path), artifact_path="policy")
+        info = mlflow.pyfunc.log_model(
+            name="policy_model",
+            python_model=str(Path(__file__).with_name("pyfunc.py")),
+            artifacts={"policy": str(policy_path), "policy_info": str(info_path(policy_path))},
+            pip_requirements=["stable-baselines3", "torch==2.13.0", "numpy"],
+            registered_model_name=registered_name or None,
+        )
+    if registered_name and info.registered_model_version is not None:
+        return f"models:/{registered_name}/{info.registered_model_version}"
+    return info.model_uri
