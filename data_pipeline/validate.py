@@ -237,9 +237,3 @@ def check_schema_compatible(store: StoreSchema, other: StoreSchema, *, use: Sche
         raise DataValidationError(
             f"{where}: schema field '{name}' is {b}{unit}; the store has {a}{unit} (schema drift on append)"
         )
-
-
-def check_schema_matches(stored: StoreSchema, incoming: StoreSchema, *, source: str) -> None:
-    """Refuse an append whose schema differs from the store's (schema drift): `check_schema_compatible`
-    with `use="append"`, under the name record / ingest / stream call today."""
-    check_schema_compatible(stored, incoming, use="append", where=source)

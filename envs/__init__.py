@@ -26,7 +26,7 @@ See docs/envs.md.
 import gymnasium
 
 from envs.core import BatchedCore, CoreConfig
-from envs.loading import check_compatible, load_model, open_store
+from envs.loading import load_model, open_store
 from envs.vector_env import WorldModelVectorEnv
 from envs.world_model_env import WorldModelEnv
 
@@ -42,4 +42,4 @@ if ENV_ID not in gymnasium.registry:
     )
 
 __all__ = ["DEFAULT_MAX_EPISODE_STEPS", "ENV_ID", "BatchedCore", "CoreConfig", "WorldModelEnv", "WorldModelVectorEnv",
-           "check_compatible", "load_model", "open_store"]
+           "load_model", "open_store"]

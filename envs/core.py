@@ -18,7 +18,8 @@ import torch
 from gymnasium import spaces
 
 from data_pipeline.store import TrajectoryStore
-from envs.loading import TransitionFn, check_compatible, load_model, open_store, transition_fn
+from data_pipeline.validate import check_schema_compatible
+from envs.loading import TransitionFn, load_model, open_store, transition_fn
 from envs.render import Trace, image_frame, plot_channels
 from envs.starts import DEFAULT_CACHE_BYTES, History, RecordedStarts
 from worldmodel.interface import State, WorldModel, index_state, merge_state
@@ -102,7 +103,7 @@ class BatchedCore:
         self.model = load_model(model, config.device)
         self.device = self.model.device
         self.schema = self.store.schema
-        check_compatible(self.model.schema, self.schema, f"store {self.store.path}")
+        check_schema_compatible(self.schema, self.model.schema, use="model", where=f"store {self.store.path}")
         observation_space = self.schema.gym_observation_space()
         assert isinstance(observation_space, spaces.Box)  # vectors and images are both Boxes
         self.observation_space: spaces.Box = observation_space

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from data_pipeline.hooks import import_function
-from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
 from worldmodel.interface import WorldModel
 
@@ -42,21 +41,6 @@ def open_store(store: TrajectoryStore | str | os.PathLike) -> TrajectoryStore:
     if isinstance(store, str | os.PathLike):
         return TrajectoryStore.open(str(store))
     raise TypeError(f"store: got {type(store).__name__}; expected a TrajectoryStore or a path / URL to one")
-
-
-def check_compatible(model: StoreSchema, store: StoreSchema, where: str) -> None:
-    """The model must have been trained on data shaped like the store's: same channels and spaces."""
-    checks = [
-        ("obs_channels", model.obs_channels, store.obs_channels),
-        ("action_channels", model.action_channels, store.action_channels),
-        ("image_shape", model.image_shape, store.image_shape),
-        ("action_space", model.gym_action_space(), store.gym_action_space()),
-        ("observation_space shape", model.gym_observation_space().shape, store.gym_observation_space().shape),
-    ]
-    for name, ours, theirs in checks:
-        if ours != theirs:
-            raise ValueError(f"{where}: the model was trained on {name} {ours}, but the store has {theirs}; "
-                             "use the store the model was trained on (or one with the same schema)")
 
 
 def transition_fn(spec: str | TransitionFn | None) -> TransitionFn | None:

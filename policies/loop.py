@@ -22,6 +22,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from data_pipeline.store import TrajectoryStore
+from policies.behaviour import make_policy
 from policies.checkpoint import IterationCheckpoint, LoopState
 from policies.config import PolicyConfig
 from policies.evaluation import model_return, real_return
@@ -121,7 +122,8 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
 
         if cfg.real_env and iteration < cfg.iterations - 1:
             # Collect real data with the current policy, then refit the model on the grown store.
-            record(cfg.real_env, cfg.collect_episodes, cfg.store, policy=str(agent_file),
+            behaviour = make_policy(str(agent_file), agent.action_space)
+            record(cfg.real_env, cfg.collect_episodes, cfg.store, policy=behaviour,
                    seed=cfg.seed * 1000 + 500 + iteration * cfg.collect_episodes, append=True,
                    progress=False).close()
             state.model = refit(state.model, cfg.store, cfg, out, iteration)

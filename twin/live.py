@@ -20,7 +20,7 @@ from typing import Any
 
 from data_pipeline.ingest import IngestSpec
 from data_pipeline.stream import Block, StreamConfig, StreamIngest, make_source, open_or_create, run
-from envs.loading import check_compatible
+from data_pipeline.validate import check_schema_compatible
 from twin.alerts import alert_sink
 from twin.anomaly import AnomalyConfig, AnomalyScorer, Calibration
 from twin.mirror import LiveMirror
@@ -54,7 +54,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     scores = None
     mlflow_log = None
     try:
-        check_compatible(model.schema, store.schema, f"spec {args.spec} / store {args.store}")
+        check_schema_compatible(store.schema, model.schema, use="model", where=f"spec {args.spec} / store {args.store}")
         ingest = StreamIngest(spec, store, source.name, StreamConfig(
             reorder_window=args.reorder_window, commit_seconds=args.commit_interval, commit_rows=args.commit_rows))
         scorer = AnomalyScorer(model, config, threshold)

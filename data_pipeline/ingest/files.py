@@ -23,7 +23,7 @@ from data_pipeline.ingest.log import read_log
 from data_pipeline.ingest.spec import IngestSpec
 from data_pipeline.schema import Episode
 from data_pipeline.store import TrajectoryStore
-from data_pipeline.validate import DataValidationError, check_schema_matches, validate_episode
+from data_pipeline.validate import DataValidationError, check_schema_compatible, validate_episode
 
 FORMATS = ("csv", "parquet")
 
@@ -92,7 +92,7 @@ def ingest_file(
     existing: set[str] = set()
     if append:
         with TrajectoryStore.open(out, mode="r") as stored:
-            check_schema_matches(stored.schema, schema, source=f"{input} (spec {spec_path})")
+            check_schema_compatible(stored.schema, schema, use="append", where=f"{input} (spec {spec_path})")
             existing = set(stored.episodes()["id"])
     for ep in episodes:
         validate_episode(ep, schema, min_transitions=spec.min_transitions, existing_ids=existing)

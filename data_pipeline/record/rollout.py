@@ -18,7 +18,7 @@ from tqdm import tqdm
 from data_pipeline.record.env_schema import make_env, schema_for_env
 from data_pipeline.schema import DISCRETE_FILL, Episode, StoreSchema
 from data_pipeline.store import TrajectoryStore
-from data_pipeline.validate import check_schema_matches
+from data_pipeline.validate import check_schema_compatible
 
 FLUSH_BYTES = 32 << 20  # finished episodes are appended once they hold this much data (fewer, larger appends)
 
@@ -71,7 +71,7 @@ def record(
         store = TrajectoryStore.open(out, mode="a") if append else TrajectoryStore.create(out, schema,
                                                                                           overwrite=overwrite)
     try:
-        check_schema_matches(store.schema, schema, source=f"record {env_id} into {store.path}")
+        check_schema_compatible(store.schema, schema, use="append", where=f"record {env_id} into {store.path}")
         act = None if isinstance(policy, str) else policy
         _rollout(envs, env_id, schema, store, act, episodes, seed, image_size, progress, start_time)
     except BaseException:

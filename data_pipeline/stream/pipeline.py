@@ -26,7 +26,7 @@ from data_pipeline.stream.messages import StreamDataError, decode
 from data_pipeline.stream.reorder import ReorderBuffer
 from data_pipeline.stream.resampler import Block, Resampler
 from data_pipeline.stream.segments import SegmentWriter
-from data_pipeline.validate import check_schema_matches
+from data_pipeline.validate import check_schema_compatible
 
 
 @dataclass
@@ -163,7 +163,7 @@ def open_or_create(out: str, spec: IngestSpec, spec_path: str, source: str) -> T
         except FileNotFoundError:
             return TrajectoryStore.create(out, schema)
         try:
-            check_schema_matches(store.schema, schema, source=f"{source} (spec {spec_path})")
+            check_schema_compatible(store.schema, schema, use="append", where=f"{source} (spec {spec_path})")
         except BaseException:
             store.close()
             raise

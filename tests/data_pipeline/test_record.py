@@ -161,7 +161,9 @@ def test_stable_baselines3_zip_policy(tmp_path):
     from stable_baselines3 import PPO
 
     model = PPO("MlpPolicy", gym.make("CartPole-v1"), seed=0, device="cpu")  # untrained: any policy will do
-    model.save(tmp_path / "ppo_cartpole.zip")
+    from policies import save_sb3
+
+    save_sb3(model, tmp_path / "ppo_cartpole.zip")
     policy = make_policy(str(tmp_path / "ppo_cartpole.zip"), gym.make("CartPole-v1").action_space)
     store = rec(tmp_path / "c.zarr", "CartPole-v1", 2, seed=3, policy=policy)
     for i in range(2):
