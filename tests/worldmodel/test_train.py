@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO as ROOT
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> dict[str, str]:
