@@ -262,6 +262,7 @@ def test_config_errors_name_the_field() -> None:
         DiffusionConfig.preset("huge")
 
 
+@pytest.mark.slow
 def test_fit_through_train_py(tmp_path: Path, tiny_store) -> None:
     """Two training steps on a tiny store, end to end through `train.py fit`; the model file loads and rolls out."""
     pytest.importorskip("data_pipeline.datamodule")
