@@ -125,10 +125,18 @@ class BufferedMLflowLogger(Logger):
         self._buffer[:0] = rows
 
     @property
-    def run_id(self) -> str | None:
-        """The MLflow run's id (None on DDP ranks other than 0, which log nothing)."""
+    def active_run_id(self) -> str | None:
+        """The MLflow run's id, created on first use; None on DDP ranks other than 0, which log nothing."""
         _ = self.experiment
         return self._run_id
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run's id (on the process that logs: rank 0 under DDP)."""
+        run_id = self.active_run_id
+        if run_id is None:
+            raise RuntimeError("no MLflow run on this process: under DDP only rank 0 logs")
+        return run_id
 
     @property
     def name(self) -> str:
@@ -136,7 +144,7 @@ class BufferedMLflowLogger(Logger):
 
     @property
     def version(self) -> str | None:
-        return self.run_id
+        return self.active_run_id
 
     @property
     def save_dir(self) -> str | None:

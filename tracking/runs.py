@@ -32,8 +32,9 @@ def open_tracker(run_dir: Path, *, command: str, experiment: str, name: str, res
         run_id=run_id_file.read_text().strip() if resuming else None,
         tags={"twinworld.stage": "model", "twinworld.command": command, "data.store": store},
     )
-    if command == "fit" and tracker.run_id is not None:  # None on DDP ranks other than 0
-        run_id_file.write_text(tracker.run_id)
+    run_id = tracker.active_run_id  # None on DDP ranks other than 0
+    if command == "fit" and run_id is not None:
+        run_id_file.write_text(run_id)
     return tracker
 
 

@@ -23,7 +23,7 @@ which every shipped model subclasses but which callers never need to know about.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import torch
 
@@ -121,6 +121,14 @@ class WorldModel(Protocol):
 
     def save(self, path: str) -> str:
         """Write a self-describing model file (config, normalization, spaces, weights); return its path."""
+        ...
+
+    def to(self, device: torch.device | str) -> Self:
+        """The model on `device` (in place, as `nn.Module.to`)."""
+        ...
+
+    def eval(self) -> Self:
+        """The model in inference mode (in place, as `nn.Module.eval`)."""
         ...
 
 

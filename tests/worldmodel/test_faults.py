@@ -75,7 +75,6 @@ def test_nan_loss_stops_naming_step_and_batch_after_a_last_good_checkpoint(tmp_p
 
 
 # ------------------------------------------------------------------------------ corrupted chunk
-@pytest.mark.slow
 def test_fit_on_a_corrupted_chunk_fails_naming_array_and_chunk(tmp_path, tiny_store, monkeypatch) -> None:
     import train
 
