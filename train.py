@@ -7,34 +7,41 @@
     python train.py policy --config configs/pendulum/policy.yaml --model MODEL
 
 `fit`/`validate`/`test` are LightningCLI: every key of the YAML is also a flag (`--model.lr 3e-4`,
-`--trainer.max_epochs 5`, `--trainer.accelerator gpu --trainer.precision bf16-mixed`,
-`--trainer.devices 2 --trainer.strategy ddp`, `--checkpoint.every_n_train_steps 500`), and `--help`
-lists them all. Model dimensions come from the store. Runs are tracked in MLflow (`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`).
-`fit` ends by printing `model_uri: …`, `checkpoint: …` (the self-describing model file) and
-`lightning_checkpoint: …` (for `--ckpt_path`).
+`--model.config.hidden 64`, `--trainer.max_epochs 5`, `--trainer.accelerator gpu --trainer.precision
+bf16-mixed`, `--trainer.devices 2 --trainer.strategy ddp`, `--checkpoint.every_n_train_steps 500`), and
+`--help` lists them all, every model config field included. Model dimensions come from the store.
+Runs are tracked in MLflow (`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`). `fit` ends by printing
+`model_uri: …`, `checkpoint: …` (the self-describing model file) and `lightning_checkpoint: …` (for
+`--ckpt_path`).
 """
 
 from __future__ import annotations
 
-import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from data_pipeline.datamodule import WindowDataModule
-from tracking.logger import BufferedMLflowLogger
+from tracking.runs import fit_params, open_tracker, run_name
+from worldmodel.kinds import ConfigError, config_fields_help, resolve_config
 from worldmodel.lightning import WorldModelModule
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+class HelpFormatter(DefaultHelpFormatter):
+    """Keeps the line breaks of group descriptions, so the model.config field list reads one field a line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + "    ")
+                         for line in text.splitlines())
 
 
 class TwinCLI(LightningCLI):
-    """LightningCLI with twinworld's tracking, checkpoint layout and the end-of-fit model logging."""
+    """LightningCLI with twinworld's tracking, checkpoint layout and the end-of-fit model publishing."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument("--mlflow.experiment", default="twinworld", help="MLflow experiment name")
@@ -47,32 +54,31 @@ class TwinCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 50,
                              "checkpoint.save_top_k": 1, "checkpoint.monitor": "val/loss", "checkpoint.mode": "min"})
+        parser.add_argument_group("model.config: the fields of each model.kind (set only those that differ "
+                                  "from the preset)", description=config_fields_help())
+
+    def _cfg(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        store = str(cfg.data.store or "")
-        name = cfg.mlflow.run_name or _slug(f"{cfg.model.kind}-{Path(store.rstrip('/')).stem}-s{cfg.model.seed}")
-        self.run_name = name
-        self.run_dir = Path(cfg.out_dir) / name
+        cfg = self._cfg()
+        try:  # a misspelt or mistyped model.config key is a usage error, before anything is built
+            resolve_config(cfg.model.kind, cfg.model.config)
+        except ConfigError as err:
+            self.parser.error(str(err))
+        self.run_name = cfg.mlflow.run_name or run_name(cfg.model.kind, str(cfg.data.store or ""), cfg.model.seed)
+        self.run_dir = Path(cfg.out_dir) / self.run_name
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        run_id_file = self.run_dir / "mlflow_run_id"
-        resuming = self.subcommand == "fit" and cfg.get("ckpt_path") and run_id_file.exists()
-        self.tracker = BufferedMLflowLogger(
-            experiment_name=cfg.mlflow.experiment,
-            run_name=f"{self.subcommand}-{self.run_name}",
-            run_id=run_id_file.read_text().strip() if resuming else None,
-            tags={"twinworld.stage": "model", "twinworld.command": self.subcommand,
-                  "data.store": str(cfg.data.store)},
-        )
-        if self.subcommand == "fit" and self.tracker.run_id is not None:  # None on DDP ranks other than 0
-            run_id_file.write_text(self.tracker.run_id)
+        cfg = self._cfg()
+        self.tracker = open_tracker(self.run_dir, command=str(self.subcommand), experiment=cfg.mlflow.experiment,
+                                    name=self.run_name, resume=self.subcommand == "fit" and bool(cfg.get("ckpt_path")),
+                                    store=str(cfg.data.store))
         trainer = super().instantiate_trainer(**kwargs)
         trainer.loggers = [self.tracker]
         for cb in trainer.checkpoint_callbacks:
-            if cb.dirpath is None:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str(self.run_dir)
         return trainer
 
@@ -82,44 +88,33 @@ class TwinCLI(LightningCLI):
         cfg = config[self.subcommand] if self.subcommand else config
         if cfg.data.get("storage_options"):
             cfg.data.storage_options = {key: "***" for key in cfg.data.storage_options}
-        return self.parser.dump(config, skip_none=False)
+        return str(self.parser.dump(config, skip_none=False))
 
     def before_fit(self) -> None:
-        dm = self.datamodule
-        dm.prepare()
+        self.datamodule.prepare()
         self.tracker.log_hyperparams({"config": self._resolved_config()[:5900]})
-        self.tracker.log_hyperparams({
-            "data.store": str(dm.hparams.store), "data.fingerprint": dm.fingerprint,
-            "data.train_episodes": len(dm.split["train"]), "data.val_episodes": len(dm.split["val"]),
-            "data.test_episodes": len(dm.split["test"]), "model.kind": self.model.kind,
-            **{f"model.config.{k}": v for k, v in vars(self.model.model_config).items()},
-        })
+        self.tracker.log_hyperparams(fit_params(self.datamodule, self.model.kind, self.model.model_config))
 
     def after_fit(self) -> None:
         from tracking.publish import publish_model
 
         if not self.trainer.is_global_zero:  # under DDP, rank 0 alone evaluates, logs and registers the model
             return
-        cfg = self.config["fit"]
+        hp = self.model.hparams
         outputs = publish_model(
-            self.model.model,
-            datamodule=self.datamodule,
-            tracker=self.tracker,
-            run_dir=self.run_dir,
-            registered_model_name=cfg.mlflow.registered_model_name,
+            self.model.world_model, datamodule=self.datamodule, tracker=self.tracker, run_dir=self.run_dir,
+            registered_model_name=self.config["fit"].mlflow.registered_model_name,
             resolved_config=self._resolved_config(),
-            eval_kwargs={"context": self.model.hparams.eval_context,
-                         "horizons": tuple(self.model.hparams.eval_horizons),
-                         "samples": self.model.hparams.eval_samples,
-                         "max_windows": self.model.hparams.eval_windows},
+            eval_kwargs={"context": hp.eval_context, "horizons": tuple(hp.eval_horizons),
+                         "samples": hp.eval_samples, "max_windows": hp.eval_windows},
         )
-        last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
-        if self.trainer.is_global_zero:
-            print(f"model_uri: {outputs['model_uri']}")
-            print(f"checkpoint: {outputs['checkpoint']}")
-            if last:
-                print(f"lightning_checkpoint: {last}")
-            print(f"run_id: {self.tracker.run_id}")
+        print(f"model_uri: {outputs['model_uri']}")
+        print(f"checkpoint: {outputs['checkpoint']}")
+        callback = self.trainer.checkpoint_callback
+        last = callback.last_model_path if isinstance(callback, ModelCheckpoint) else ""
+        if last:
+            print(f"lightning_checkpoint: {last}")
+        print(f"run_id: {self.tracker.run_id}")
 
     def after_validate(self) -> None:
         self.tracker.end_run()
@@ -141,10 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         args=argv,  # None: LightningCLI reads sys.argv itself
         seed_everything_default=0,
         save_config_callback=None,  # the resolved config goes to MLflow and the run folder instead
-        trainer_defaults={
-            "log_every_n_steps": 10,
-            "logger": False,  # replaced by the MLflow tracker in instantiate_trainer
-        },
+        parser_kwargs={"formatter_class": HelpFormatter},  # subcommand parsers inherit it
+        trainer_defaults={"log_every_n_steps": 10, "logger": False},  # the MLflow tracker replaces the logger
     )
 
 

@@ -18,10 +18,13 @@ import time
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -86,22 +89,22 @@ class BufferedMLflowLogger(Logger):
         self._buffer: list[tuple[str, float, int, int]] = []
         self._last_flush = 0.0
         self._retry_in = flush_interval_s  # grows while the server is away (backoff), reset on success
-        self._client = None
+        self._client: MlflowClient | None = None
         self._spool_dir = spool_dir
         self.failed_flushes = 0
 
     # -------------------------------------------------------------- mlflow objects
     @property
     @rank_zero_experiment
-    def experiment(self):  # noqa: ANN201 - mlflow.MlflowClient
+    def experiment(self) -> MlflowClient:
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri())
+            client = self._client = MlflowClient(tracking_uri())
             if self._run_id is None:
-                exp = self._client.get_experiment_by_name(self._experiment_name)
-                exp_id = exp.experiment_id if exp else self._client.create_experiment(self._experiment_name)
-                run = self._client.create_run(exp_id, run_name=self._run_name, tags=self._tags)
+                exp = client.get_experiment_by_name(self._experiment_name)
+                exp_id = exp.experiment_id if exp else client.create_experiment(self._experiment_name)
+                run = client.create_run(exp_id, run_name=self._run_name, tags=self._tags)
                 self._run_id = run.info.run_id
             else:
                 self._resend_spool()
@@ -122,17 +125,26 @@ class BufferedMLflowLogger(Logger):
         self._buffer[:0] = rows
 
     @property
-    def run_id(self) -> str:
+    def active_run_id(self) -> str | None:
+        """The MLflow run's id, created on first use; None on DDP ranks other than 0, which log nothing."""
         _ = self.experiment
         return self._run_id
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run's id (on the process that logs: rank 0 under DDP)."""
+        run_id = self.active_run_id
+        if run_id is None:
+            raise RuntimeError("no MLflow run on this process: under DDP only rank 0 logs")
+        return run_id
 
     @property
     def name(self) -> str:
         return self._experiment_name
 
     @property
-    def version(self) -> str:
-        return self.run_id
+    def version(self) -> str | None:
+        return self.active_run_id
 
     @property
     def save_dir(self) -> str | None:

@@ -13,24 +13,15 @@ from typing import Any
 
 import mlflow
 
-from data_pipeline.eval_windows import split_eval_windows
 from tracking.logger import BufferedMLflowLogger, tracking_uri
-from worldmodel.evaluation import evaluate, format_table
-from worldmodel.interface import WorldModel
+from worldmodel.base import ModelBase
+from worldmodel.evaluation import evaluate_split, format_table
 from worldmodel.io import MODEL_FILE
+
+__all__ = ["evaluate_split", "log_pyfunc", "publish_model"]
 
 # The pyfunc (tracking/pyfunc.py) rebuilds the model through these packages, bundled as code.
 PACKAGE_DIRS = [Path(__file__).resolve().parent.parent / name for name in ("worldmodel", "data_pipeline", "tracking")]
-
-
-def evaluate_split(model: WorldModel, datamodule: Any, split: str, context: int, horizons: tuple[int, ...],
-                   samples: int, max_windows: int) -> dict[str, float] | None:
-    """Open-loop evaluation on a split of the datamodule's store (None if no episode is long enough)."""
-    windows = split_eval_windows(datamodule, split, context + max(horizons), max_windows)
-    if windows is None:
-        return None
-    train = split_eval_windows(datamodule, "train", datamodule.hparams.window, max_windows)
-    return evaluate(model, windows, context=context, horizons=horizons, samples=samples, train=train)
 
 
 def log_pyfunc(model_file: Path, registered_model_name: str | None) -> str:
@@ -49,7 +40,7 @@ def log_pyfunc(model_file: Path, registered_model_name: str | None) -> str:
 
 
 def publish_model(
-    model: WorldModel,
+    model: ModelBase[Any],
     *,
     datamodule: Any,
     tracker: BufferedMLflowLogger,

@@ -17,9 +17,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
+from mlflow.pyfunc import PythonModel
 
 
-class WorldModelPyfunc(mlflow.pyfunc.PythonModel):
+class WorldModelPyfunc(PythonModel):
     """Predict trajectories from a history and an action sequence."""
 
     def load_context(self, context: Any) -> None:
@@ -43,7 +44,10 @@ class WorldModelPyfunc(mlflow.pyfunc.PythonModel):
         is_first[:, 0] = True
         prev = previous_actions(hist, is_first)
         future = action[:, t - 1 :]
-        rep = lambda x: x.repeat_interleave(samples, 0)  # noqa: E731
+
+        def rep(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat_interleave(samples, 0)
+
         with torch.no_grad():
             state = model.observe(model.initial_state(b * samples), rep(obs).float() if not model.image_obs
                                   else rep(obs), rep(prev), rep(is_first))

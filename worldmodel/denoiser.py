@@ -21,9 +21,9 @@ Conditioning (both networks, DIAMOND-style):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from diffusers import UNet2DModel
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 from torch.nn import functional as F
 
@@ -85,6 +85,9 @@ class VectorDenoiser(nn.Module):
 
     def __init__(self, obs_dim: int, history: int, cond_dim: int, hidden: int, blocks: int) -> None:
         super().__init__()
+        # diffusers is imported where it is used: the import takes seconds, and only diffusion models need it.
+        from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
         self.noise_proj = Timesteps(NOISE_FEATURES, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.noise_embed = TimestepEmbedding(NOISE_FEATURES, hidden)
         self.inp = nn.Linear(obs_dim * (history + 1) + cond_dim, hidden)
@@ -123,7 +126,10 @@ class ImageDenoiser(nn.Module):
         # Attention only at the lowest resolution (and in the mid block), where it is cheap.
         down = ("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D" if attention else "DownBlock2D",)
         up = ("AttnUpBlock2D" if attention else "UpBlock2D",) + ("UpBlock2D",) * (n - 1)
-        self.unet = UNet2DModel(
+        from diffusers import UNet2DModel
+
+        # Any: diffusers' config decorator hides UNet2DModel's attributes and call from type checkers.
+        unet: Any = UNet2DModel(
             sample_size=size,
             in_channels=channels * (history + 1),
             out_channels=channels,
@@ -141,8 +147,9 @@ class ImageDenoiser(nn.Module):
         )
         emb = block_channels[0] * 4  # UNet2DModel's time-embedding width
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
-        nn.init.zeros_(self.unet.conv_out.weight)
-        nn.init.zeros_(self.unet.conv_out.bias)
+        nn.init.zeros_(unet.conv_out.weight)
+        nn.init.zeros_(unet.conv_out.bias)
+        self.unet = unet
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, history: torch.Tensor, cond: torch.Tensor
                 ) -> torch.Tensor:

@@ -25,19 +25,19 @@ one batched call); `spread_samples: 1` makes a step S times cheaper but reports 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import torch
-from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 from torch.nn import functional as F
 
 from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
+from worldmodel.base import ModelBase
 from worldmodel.denoiser import HistoryHeads, ImageDenoiser, VectorDenoiser, edm_coefficients, edm_denoise
-from worldmodel.interface import Prediction, State, WorldModel
+from worldmodel.interface import Prediction, State
+from worldmodel.sampler import EDMSampler
 
 
 @dataclass
@@ -109,51 +109,7 @@ class DiffusionConfig:
         return replace(cls(), **presets[name])
 
 
-class EDMSampler:
-    """Samples x₀ ~ p(x₀ | condition) with a diffusers EDM scheduler; kept apart from the network.
-
-    The network is passed in as `model_output(model_input, c_noise) -> F`: the scheduler applies EDM's
-    c_in before the call (`scale_model_input`) and c_skip / c_out after it (`step`).
-    """
-
-    def __init__(self, num_steps: int, solver: str, sigma_min: float, sigma_max: float, sigma_data: float,
-                 rho: float) -> None:
-        if num_steps < 1:
-            raise ValueError(f"DiffusionConfig.num_steps: {num_steps}; expected >= 1")
-        # prediction_type "epsilon" is diffusers' name for EDM's F parameterization (c_out > 0).
-        common = dict(sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, rho=rho,
-                      sigma_schedule="karras", prediction_type="epsilon", final_sigmas_type="zero")
-        if solver == "euler":
-            self.scheduler: Any = EDMEulerScheduler(**common)
-        elif solver == "dpm":
-            self.scheduler = EDMDPMSolverMultistepScheduler(**common, solver_order=2, algorithm_type="dpmsolver++")
-        else:
-            raise ValueError(f"DiffusionConfig.solver: {solver!r}; expected 'euler' or 'dpm'")
-        self.num_steps = num_steps
-
-    @torch.no_grad()  # as in diffusers pipelines: sampling is not differentiated through
-    def sample(
-        self,
-        model_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        shape: tuple[int, ...],
-        generator: torch.Generator | None,
-        device: torch.device,
-    ) -> torch.Tensor:
-        """A sample of `shape` (float32). Noise is drawn on CPU with `generator`, so a seed gives the
-        same sample on any device; the EDM samplers used here are deterministic after that."""
-        scheduler = self.scheduler
-        scheduler.set_timesteps(self.num_steps, device=device)
-        scheduler.set_begin_index(0)  # start at the top of the schedule, without a timestep lookup
-        # EDM starts from N(0, σ_max²) (diffusers' init_noise_sigma is √(σ_max² + 1), a VE convention).
-        x = torch.randn(shape, generator=generator, device="cpu").to(device) * float(scheduler.sigmas[0])
-        for t in scheduler.timesteps:  # t = c_noise(σ) = ¼ ln σ, from σ_max down to σ_min
-            model_input = scheduler.scale_model_input(x, t)  # c_in(σ) · x
-            out = model_output(model_input, t.expand(shape[0]))  # F(c_in · x, c_noise)
-            x = scheduler.step(out.float(), t, x).prev_sample  # D = c_skip · x + c_out · F, then one ODE step
-        return x
-
-
-class DiffusionWorldModel(WorldModel):
+class DiffusionWorldModel(ModelBase[DiffusionConfig]):
     """DIAMOND-style diffusion world model over vector or image observations (see the module docstring).
 
     `step` draws `spread_samples` next observations in one batched call with the given generator:
@@ -163,7 +119,6 @@ class DiffusionWorldModel(WorldModel):
     """
 
     model_type: ClassVar[str] = "diffusion"
-    config_class: ClassVar[type] = DiffusionConfig
 
     def __init__(self, config: DiffusionConfig, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__(config, schema, normalization)
@@ -173,8 +128,11 @@ class DiffusionWorldModel(WorldModel):
         if c.spread_samples is not None and c.spread_samples < 1:
             raise ValueError(f"DiffusionConfig.spread_samples: {c.spread_samples}; expected >= 1 or null")
         k = c.history
+        # With one observation of history the belief is the last observation: rows assimilate independently.
+        self.markov = k == 1
         self.cond_dim = k * self.action_dim + k  # K actions, then the validity mask
         if self.image_obs:
+            assert schema.image_shape is not None  # image_obs implies it
             h, w, ch = (int(s) for s in schema.image_shape)
             levels = len(c.unet_channels)
             if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
@@ -206,7 +164,7 @@ class DiffusionWorldModel(WorldModel):
         if device.type != "cuda":
             return
         if self.config.channels_last and self.image_obs:
-            self.denoiser.to(memory_format=torch.channels_last)
+            self.denoiser.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
         if self.config.compile:
             self.denoiser.compile()  # in place: parameters and state_dict keys are unchanged
 
@@ -227,21 +185,21 @@ class DiffusionWorldModel(WorldModel):
         want = (shape[1], shape[2], shape[0]) if self.image_obs else shape  # images arrive (…, H, W, C)
         if tuple(obs.shape[-len(want):]) != want:
             raise ValueError(f"diffusion: observations of shape {tuple(obs.shape)}; expected (…, {want})")
-        x = self.normalize_obs(obs if self.image_obs else obs.float())
+        x = self.units.normalize_obs(obs if self.image_obs else obs.float())
         return x.movedim(-1, -3) if self.image_obs else x
 
     def _to_obs(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized model layout -> physical units (images (…, H, W, C) in [0, 255]), clamped plausible."""
         x = x.movedim(-3, -1) if self.image_obs else x
-        return self.clamp_plausible(self.denormalize_obs(x.float()))
+        return self.units.clamp_plausible(self.units.denormalize_obs(x.float()))
 
     def _action_features(self, action: torch.Tensor) -> torch.Tensor:
         """Actions (…,) / (…, A) -> features (…, A); Discrete fill values (-1) and NaN become zeros."""
         if self.discrete:
             a = action.long()
-            feat = self.encode_action(a.clamp_min(0))
+            feat = self.units.encode_action(a.clamp_min(0))
             return feat * (a >= 0).unsqueeze(-1).to(feat.dtype)
-        return torch.nan_to_num(self.encode_action(action), nan=0.0)
+        return torch.nan_to_num(self.units.encode_action(action), nan=0.0)
 
     def _cond(self, action_feat: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """(N, K, A) action features and (N,) real-observation counts -> (N, K·A + K) conditioning."""
@@ -267,7 +225,7 @@ class DiffusionWorldModel(WorldModel):
     # -------------------------------------------------------------- interface
     def initial_state(self, batch: int) -> State:
         """An empty history (count 0); the first observation assimilated fills it."""
-        device = self.obs_mean.device
+        device = self.units.obs_mean.device
         k = self.config.history
         return {
             "obs": torch.zeros(batch, k, *self.sample_shape, device=device),
@@ -324,7 +282,7 @@ class DiffusionWorldModel(WorldModel):
             obs=next_obs[0],
             obs_mean=obs_mean,
             obs_std=obs_std,
-            reward=self.denormalize_reward(reward_n),
+            reward=self.units.denormalize_reward(reward_n),
             terminated=torch.sigmoid(term_logit),
             uncertainty=uncertainty,
         )
@@ -367,7 +325,7 @@ class DiffusionWorldModel(WorldModel):
             "target": target.flatten(0, 1),
             "history": history.flatten(0, 1),
             "cond": cond,
-            "reward": self.normalize_reward(batch.reward[:, :-1].float()).flatten(),  # r_{j-1}: o_{j-1} -> o_j
+            "reward": self.units.normalize_reward(batch.reward[:, :-1].float()).flatten(),  # r_{j-1}: o_{j-1} -> o_j
             "reward_valid": (~batch.is_last[:, :-1].bool()).flatten(),
             "terminated": batch.terminated[:, 1:].float().flatten(),
         }

@@ -18,7 +18,8 @@ from torch.nn import functional as F
 
 from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
-from worldmodel.interface import Prediction, State, WorldModel
+from worldmodel.base import ModelBase
+from worldmodel.interface import Prediction, State
 
 
 @dataclass
@@ -72,13 +73,13 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias[members], x, self.weight[members])
 
 
-class EnsembleWorldModel(WorldModel):
+class EnsembleWorldModel(ModelBase[EnsembleConfig]):
     """PETS-style probabilistic ensemble implementing the WorldModel interface (vector observations)."""
 
     model_type: ClassVar[str] = "ensemble"
-    markov: ClassVar[bool] = True
-    supports_member_resampling: ClassVar[bool] = True
-    config_class: ClassVar[type] = EnsembleConfig
+    markov = True
+    supports_member_resampling = True
+    elite_idx: torch.Tensor
 
     def __init__(self, config: EnsembleConfig, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__(config, schema, normalization)
@@ -134,8 +135,8 @@ class EnsembleWorldModel(WorldModel):
 
         Each trajectory keeps its member, so filtering step by step or all at once is the same.
         """
-        last = obs[:, -1].to(self.obs_mean.dtype)
-        return {"obs": self.normalize_obs(last), "member": state["member"]}
+        last = obs[:, -1].to(self.units.obs_mean.dtype)
+        return {"obs": self.units.normalize_obs(last), "member": state["member"]}
 
     def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
         """Draw each trajectory's elite member at random (trajectory sampling)."""
@@ -148,7 +149,7 @@ class EnsembleWorldModel(WorldModel):
     ) -> tuple[State, Prediction]:
         obs_n = state["obs"]
         b = obs_n.shape[0]
-        elite_mean, elite_logvar, elite_term = self._elites(obs_n, self.encode_action(action))  # (K, B, …)
+        elite_mean, elite_logvar, elite_term = self._elites(obs_n, self.units.encode_action(action))  # (K, B, …)
         # Each trajectory's member as a position among the elites (0 if it is no longer an elite).
         own = (self.elite_idx.unsqueeze(0) == state["member"].unsqueeze(1)).float().argmax(1)
         rows = torch.arange(b, device=obs_n.device)
@@ -162,14 +163,14 @@ class EnsembleWorldModel(WorldModel):
 
         d = self.obs_dim
         next_n = obs_n + sample[:, :d]
-        next_obs = self.clamp_plausible(self.denormalize_obs(next_n))
-        next_n = self.normalize_obs(next_obs)
-        mean_obs = self.denormalize_obs(obs_n + own_mean[:, :d])
+        next_obs = self.units.clamp_plausible(self.units.denormalize_obs(next_n))
+        next_n = self.units.normalize_obs(next_obs)
+        mean_obs = self.units.denormalize_obs(obs_n + own_mean[:, :d])
         pred = Prediction(
             obs=next_obs,
             obs_mean=mean_obs,
-            obs_std=self.denormalize_obs_std(total_std[:, :d]),
-            reward=self.denormalize_reward(sample[:, d]),
+            obs_std=self.units.denormalize_obs_std(total_std[:, :d]),
+            reward=self.units.denormalize_reward(sample[:, d]),
             terminated=torch.sigmoid(elite_term[own, rows]),
             uncertainty=epistemic[:, :d].mean(-1),
         )
@@ -177,13 +178,13 @@ class EnsembleWorldModel(WorldModel):
 
     # -------------------------------------------------------------- training
     def _transitions(self, batch: Batch) -> tuple[torch.Tensor, ...]:
-        obs_n = self.normalize_obs(batch.obs)
+        obs_n = self.units.normalize_obs(batch.obs)
         x_obs = obs_n[:, :-1].reshape(-1, self.obs_dim)
         act = batch.action[:, :-1]
-        x_act = self.encode_action(act.reshape(-1) if self.discrete else act.reshape(-1, act.shape[-1]))
+        x_act = self.units.encode_action(act.reshape(-1) if self.discrete else act.reshape(-1, act.shape[-1]))
         target = torch.cat(
             [(obs_n[:, 1:] - obs_n[:, :-1]).reshape(-1, self.obs_dim),
-             self.normalize_reward(batch.reward[:, :-1]).reshape(-1, 1)], -1)
+             self.units.normalize_reward(batch.reward[:, :-1]).reshape(-1, 1)], -1)
         term = batch.terminated[:, 1:].reshape(-1).float()
         return x_obs, x_act, target, term
 

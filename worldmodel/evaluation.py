@@ -14,11 +14,14 @@ Image models report `pixel_rmse` (0-255 scale) and `persistence_pixel_rmse`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from data_pipeline.batch import Batch
+from data_pipeline.eval_windows import split_eval_windows
 from worldmodel.interface import WorldModel, previous_actions
+from worldmodel.units import Units
 
 DEFAULT_HORIZONS = (1, 5, 10, 25, 50)
 
@@ -38,6 +41,8 @@ def rollout_samples(
     b = windows.batch_size
     device = model.device
     obs_all = windows.image if model.image_obs else windows.obs
+    if obs_all is None:
+        raise ValueError("evaluation windows hold no image although the model's observations are images")
     obs = _repeat(obs_all[:, :context], samples).to(device)
     is_first = windows.is_first[:, :context].clone()
     is_first[:, 0] = True
@@ -52,12 +57,18 @@ def rollout_samples(
     return out.reshape(b, samples, *out.shape[1:])
 
 
+def units_of(model: WorldModel) -> Units:
+    """The model's store units (normalization, action features), for the baselines on the model's device."""
+    return Units(model.schema, model.normalization, plausible_margin=0.0).to(model.device)
+
+
 def fit_linear(train: Batch, model: WorldModel, ridge: float = 1e-3) -> torch.Tensor:
     """Ridge regression of the normalized Δobs on [normalized obs, encoded action, 1]: weights (F, D)."""
+    units = units_of(model)
     with torch.no_grad():
-        obs_n = model.normalize_obs(train.obs.to(model.device))
+        obs_n = units.normalize_obs(train.obs.to(model.device))
         act = train.action[:, :-1].to(model.device)
-        feats = torch.cat([obs_n[:, :-1], model.encode_action(act), torch.ones_like(obs_n[:, :-1, :1])], -1)
+        feats = torch.cat([obs_n[:, :-1], units.encode_action(act), torch.ones_like(obs_n[:, :-1, :1])], -1)
         x = feats.reshape(-1, feats.shape[-1]).double()
         y = (obs_n[:, 1:] - obs_n[:, :-1]).reshape(-1, obs_n.shape[-1]).double()
         eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
@@ -68,14 +79,15 @@ def linear_rollout(
     model: WorldModel, weights: torch.Tensor, windows: Batch, context: int, horizon: int
 ) -> torch.Tensor:
     """Open-loop rollout of the ridge model from the last context row: (B, H, D) physical units."""
+    units = units_of(model)
     with torch.no_grad():
-        z = model.normalize_obs(windows.obs[:, context - 1].to(model.device))
+        z = units.normalize_obs(windows.obs[:, context - 1].to(model.device))
         preds = []
         for t in range(horizon):
-            a = model.encode_action(windows.action[:, context - 1 + t].to(model.device))
+            a = units.encode_action(windows.action[:, context - 1 + t].to(model.device))
             feats = torch.cat([z, a, torch.ones_like(z[:, :1])], -1)
             z = z + feats @ weights
-            preds.append(model.denormalize_obs(z))
+            preds.append(units.denormalize_obs(z))
         return torch.stack(preds, 1).cpu()
 
 
@@ -104,10 +116,13 @@ def evaluate(
     horizon = max(horizons)
     if windows.length < context + horizon:
         raise ValueError(f"evaluation windows have {windows.length} rows; need context {context} + horizon {horizon}")
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     pred = rollout_samples(model, windows, context, horizon, samples, seed)  # (B, S, H, …)
     metrics: dict[str, float] = {}
     if model.image_obs:
+        if windows.image is None:
+            raise ValueError("evaluation windows hold no image although the model's observations are images")
         truth = windows.image[:, context : context + horizon].float()
         last = windows.image[:, context - 1].float()
         for h in horizons:
@@ -115,7 +130,7 @@ def evaluate(
             metrics[f"pixel_rmse/h{h}"] = float(err.pow(2).mean().sqrt())
             metrics[f"persistence_pixel_rmse/h{h}"] = float((last - truth[:, h - 1]).pow(2).mean().sqrt())
         return metrics
-    std = model.obs_std.cpu()
+    std = units_of(model).obs_std.cpu()
     truth = windows.obs[:, context : context + horizon].float()
     last = windows.obs[:, context - 1].float()
     linear = None
@@ -140,6 +155,17 @@ def evaluate(
             metrics[f"coverage90/h{h}"] = float(((y >= lo) & (y <= hi)).float().mean())
             metrics[f"crps/h{h}"] = float((crps_samples(s, y) / std).mean())
     return metrics
+
+
+def evaluate_split(model: WorldModel, datamodule: Any, split: str, context: int, horizons: tuple[int, ...],
+                   samples: int, max_windows: int) -> dict[str, float] | None:
+    """Open-loop evaluation on a split of a `WindowDataModule`'s store, with the ridge baseline fitted on
+    its train split (None where no episode of the split is long enough)."""
+    windows = split_eval_windows(datamodule, split, context + max(horizons), max_windows)
+    if windows is None:
+        return None
+    train = split_eval_windows(datamodule, "train", datamodule.hparams.window, max_windows)
+    return evaluate(model, windows, context=context, horizons=horizons, samples=samples, train=train)
 
 
 def format_table(metrics: dict[str, float], horizons: Sequence[int] = DEFAULT_HORIZONS) -> str:

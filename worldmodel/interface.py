@@ -1,7 +1,7 @@
-"""The WorldModel interface (DESIGN contract 3), shared by every model.
+"""The WorldModel interface (DESIGN contract 3): what envs/, scenarios/, policies/ and twin/ may call.
 
 All methods are batched torch and work in physical units: a model normalizes internally with the
-`Normalization` it was trained with, so envs/ and generate.py never see normalized values.
+`Normalization` it was trained with, so callers never see normalized values.
 
 Conventions
 -----------
@@ -15,24 +15,22 @@ Conventions
   after the last observation. `observe` one step at a time equals `observe` over the whole history.
 - `step(state, action)` applies the action taken at the current state and predicts the next
   observation, the reward for this transition and the termination probability, with uncertainty.
+
+The interface is a `Protocol`: code shared by the models (units, save) lives in `worldmodel/base.py`,
+which every shipped model subclasses but which callers never need to know about.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Protocol, Self, runtime_checkable
 
 import torch
-from torch import nn
 
-from data_pipeline.batch import Batch, Normalization
+from data_pipeline.batch import Normalization
 from data_pipeline.schema import StoreSchema
 
 State = dict[str, torch.Tensor]
-
-FORMAT = "twinworld-worldmodel"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -59,6 +57,79 @@ class Prediction:
     @staticmethod
     def stack(steps: list[Prediction], dim: int = 1) -> Prediction:
         return Prediction(**{f.name: torch.stack([getattr(p, f.name) for p in steps], dim) for f in fields(Prediction)})
+
+
+@runtime_checkable
+class WorldModel(Protocol):
+    """A batched, generative model of a recorded system (see the module docstring for shapes).
+
+    Declared capabilities (`markov`, `supports_member_resampling`) let envs, scenarios and the live twin
+    choose a code path without probing the model.
+    """
+
+    @property
+    def model_type(self) -> str:
+        """The model's kind in the model file and in `worldmodel.kinds.MODEL_KINDS` (e.g. "ensemble")."""
+        ...
+
+    schema: StoreSchema
+    """The spaces, channels and dt of the store the model was trained on."""
+    normalization: Normalization
+    """The store's statistics the model normalizes with."""
+    image_obs: bool
+    """Observations are images `(H, W, C)` rather than vectors."""
+    discrete: bool
+    """Actions are Discrete indices."""
+    obs_dim: int
+    """Number of vector observation channels (0 for images)."""
+    action_dim: int
+    """Action features: channels for Box actions, the number of actions for Discrete ones."""
+    markov: bool
+    """The belief after `observe` depends on the last observation alone (not on older history), so
+    rows can be assimilated independently, as one batch."""
+    supports_member_resampling: bool
+    """`resample_members` draws a new ensemble member per trajectory (trajectory sampling, TS-inf)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live; inputs go there."""
+        ...
+
+    def initial_state(self, batch: int) -> State:
+        """An empty belief for `batch` systems."""
+        ...
+
+    def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
+        """Assimilate real data `(B, T, …)` (filtering): sync the twin to the physical system."""
+        ...
+
+    def step(
+        self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[State, Prediction]:
+        """One imagined step from `state` under `action`."""
+        ...
+
+    def imagine(
+        self, state: State, actions: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[State, Prediction]:
+        """Roll out `actions` `(B, H, …)` from `state`; predictions are `(B, H, …)`."""
+        ...
+
+    def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
+        """Give each trajectory a freshly drawn member (where `supports_member_resampling`); else `state`."""
+        ...
+
+    def save(self, path: str) -> str:
+        """Write a self-describing model file (config, normalization, spaces, weights); return its path."""
+        ...
+
+    def to(self, device: torch.device | str) -> Self:
+        """The model on `device` (in place, as `nn.Module.to`)."""
+        ...
+
+    def eval(self) -> Self:
+        """The model in inference mode (in place, as `nn.Module.eval`)."""
+        ...
 
 
 def index_state(state: State, index: torch.Tensor | slice) -> State:
@@ -93,141 +164,3 @@ def previous_actions(action: torch.Tensor, is_first: torch.Tensor) -> torch.Tens
     while mask.dim() < prev.dim():
         mask = mask.unsqueeze(-1)
     return torch.where(mask, torch.zeros_like(prev), prev)
-
-
-class WorldModel(nn.Module):
-    """Base of every world model: normalization, action encoding, plausibility and save/load.
-
-    Subclasses set `model_type`, keep their typed config in `self.config`, and implement
-    `initial_state`, `observe`, `step` and `loss`; `imagine` loops `step` unless overridden.
-    """
-
-    model_type: ClassVar[str] = ""
-    # Declared capabilities: envs, scenarios and the live twin read these instead of probing the model.
-    markov: ClassVar[bool] = False
-    """The belief after `observe` depends on the last observation alone (not on older history), so
-    rows can be assimilated independently, as one batch."""
-    supports_member_resampling: ClassVar[bool] = False
-    """`resample_members` draws a new ensemble member per trajectory (trajectory sampling, TS-inf)."""
-
-    def __init__(self, config: Any, schema: StoreSchema, normalization: Normalization) -> None:
-        super().__init__()
-        self.config = config
-        self.schema = schema
-        self.normalization = normalization
-        self.image_obs = schema.image_obs
-        self.discrete = schema.discrete
-        self.obs_dim = schema.obs_dim
-        self.action_dim = normalization.num_actions if self.discrete else schema.action_dim
-        stats = normalization.tensors()
-        for name, value in stats.items():
-            self.register_buffer(name, value, persistent=False)
-        # Rollouts stay within the recorded range widened by this fraction of it (contract 3).
-        self.plausible_margin = float(getattr(config, "plausible_margin", 0.25))
-
-    # -------------------------------------------------------------- units
-    def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.image_obs:
-            return obs.float() / 127.5 - 1.0
-        return (obs - self.obs_mean) / self.obs_std
-
-    def denormalize_obs(self, z: torch.Tensor) -> torch.Tensor:
-        if self.image_obs:
-            return ((z + 1.0) * 127.5).clamp(0.0, 255.0)
-        return z * self.obs_std + self.obs_mean
-
-    def denormalize_obs_std(self, z_std: torch.Tensor) -> torch.Tensor:
-        return z_std * (127.5 if self.image_obs else self.obs_std)
-
-    def encode_action(self, action: torch.Tensor) -> torch.Tensor:
-        """Actions in physical units (or Discrete indices) to the model's input features."""
-        if self.discrete:
-            return nn.functional.one_hot(action.long(), self.action_dim).float()
-        return (action.float() - self.action_mean) / self.action_std
-
-    def normalize_reward(self, reward: torch.Tensor) -> torch.Tensor:
-        return (reward - self.reward_mean) / self.reward_std
-
-    def denormalize_reward(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.reward_std + self.reward_mean
-
-    def clamp_plausible(self, obs: torch.Tensor) -> torch.Tensor:
-        """Keep predicted observations within the recorded range, widened by `plausible_margin`."""
-        if self.image_obs:
-            return obs.clamp(0.0, 255.0)
-        span = (self.obs_max - self.obs_min).clamp_min(1e-6)
-        return torch.maximum(torch.minimum(obs, self.obs_max + self.plausible_margin * span),
-                             self.obs_min - self.plausible_margin * span)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    # -------------------------------------------------------------- interface
-    def initial_state(self, batch: int) -> State:
-        """An empty belief for `batch` systems."""
-        raise NotImplementedError
-
-    def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
-        """Assimilate real data `(B, T, …)` (filtering): sync the twin to the physical system."""
-        raise NotImplementedError
-
-    def step(
-        self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[State, Prediction]:
-        """One imagined step from `state` under `action`."""
-        raise NotImplementedError
-
-    def imagine(
-        self, state: State, actions: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[State, Prediction]:
-        """Roll out `actions` `(B, H, …)` from `state`; predictions are `(B, H, …)`."""
-        steps = []
-        for t in range(actions.shape[1]):
-            state, pred = self.step(state, actions[:, t], generator)
-            steps.append(pred)
-        return state, Prediction.stack(steps)
-
-    def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
-        """Give each trajectory a freshly drawn member (where `supports_member_resampling`); else `state`."""
-        return state
-
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training loss of a batch of windows and the metrics to log."""
-        raise NotImplementedError
-
-    def end_validation(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Called with the validation metrics averaged over an epoch (e.g. to pick ensemble elites)."""
-
-    # -------------------------------------------------------------- files
-    def checkpoint_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild the model, in types `torch.load(weights_only=True)` accepts."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model_type": self.model_type,
-            "config": json.dumps(_dataclass_dict(self.config)),
-            "schema": json.dumps(self.schema.to_attrs(), default=str),
-            "normalization": json.dumps(self.normalization.to_dict()),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
-
-    def save(self, path: str) -> str:
-        """Write a self-describing model file (config, normalization, spaces, weights)."""
-        torch.save(self.checkpoint_dict(), path)
-        return str(path)
-
-    @classmethod
-    def load(cls, source: str, map_location: str | torch.device = "cpu") -> WorldModel:
-        """Rebuild a model from a file or an MLflow URI (see `worldmodel.load`)."""
-        from worldmodel.io import load
-
-        return load(source, map_location)
-
-
-def _dataclass_dict(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    if is_dataclass(config):
-        return asdict(config)
-    raise TypeError(f"model config must be a dataclass, got {type(config).__name__}")

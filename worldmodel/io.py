@@ -1,12 +1,12 @@
 """Loading world models from a file or an MLflow URI, with no code execution.
 
-Model files hold only tensors and JSON strings, and are read with `torch.load(weights_only=True)`,
-also when they come from MLflow (the checkpoint artifact is fetched, then loaded the same way).
+Model files (written by `ModelBase.save`, worldmodel/base.py) hold only tensors and JSON strings, and
+are read with `torch.load(weights_only=True)`, also when they come from MLflow (the checkpoint
+artifact is fetched, then loaded the same way).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,26 +15,10 @@ import torch
 
 from data_pipeline.batch import Normalization
 from data_pipeline.schema import StoreSchema
-from worldmodel.interface import FORMAT, WorldModel
+from worldmodel.base import FORMAT, ModelBase
+from worldmodel.kinds import build_model, config_from_file
 
 MODEL_FILE = "model.pt"  # name of the checkpoint inside an MLflow model or run artifact dir
-
-
-def _model_class(model_type: str) -> type[WorldModel]:
-    # Explicit imports, no registry: each model type names its module.
-    if model_type == "ensemble":
-        from worldmodel.ensemble import EnsembleWorldModel
-
-        return EnsembleWorldModel
-    if model_type == "rssm":
-        from worldmodel.rssm import RSSMWorldModel
-
-        return RSSMWorldModel
-    if model_type == "diffusion":
-        from worldmodel.diffusion import DiffusionWorldModel
-
-        return DiffusionWorldModel
-    raise ValueError(f"unknown model_type {model_type!r}; expected 'ensemble', 'rssm' or 'diffusion'")
 
 
 def resolve_model_file(source: str) -> Path:
@@ -56,6 +40,7 @@ def resolve_model_file(source: str) -> Path:
 
 
 def read_checkpoint(source: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The model file's dict, from a model file or from a Lightning checkpoint of train.py."""
     path = resolve_model_file(source)
     data = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -67,18 +52,14 @@ def read_checkpoint(source: str, map_location: str | torch.device = "cpu") -> di
     return data
 
 
-def load(source: str, map_location: str | torch.device = "cpu") -> WorldModel:
+def load(source: str, map_location: str | torch.device = "cpu") -> ModelBase[Any]:
     """Rebuild any world model from its file alone: a path, a Lightning checkpoint of train.py,
-    or an MLflow model URI (`runs:/…`, `models:/…`)."""
+    or an MLflow model URI (`runs:/…`, `models:/…`). A config key the model does not know is an error."""
     data = read_checkpoint(source, map_location)
-    cls = _model_class(data["model_type"])
-    config_cls = cls.config_class
-    raw = json.loads(data["config"])
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    config = config_cls(**{k: v for k, v in raw.items() if k in names})
+    config = config_from_file(data["model_type"], json.loads(data["config"]), source)
     schema = StoreSchema.from_attrs(json.loads(data["schema"]))
     normalization = Normalization.from_dict(json.loads(data["normalization"]))
-    model = cls(config, schema, normalization)
+    model = build_model(data["model_type"], config, schema, normalization)
     model.load_state_dict(data["state_dict"])
     model.to(map_location)
     model.eval()

@@ -1,64 +1,27 @@
 """Thin Lightning wrapper: trains any world model on the window DataModule.
 
 The model itself is a plain `nn.Module` (worldmodel/ensemble.py, rssm.py, diffusion.py); this module
-only builds it from the store's schema and normalization (dimensions are inferred from the data),
-runs its `loss`, and stores the self-describing model file inside every Lightning checkpoint.
+only builds it from the store's schema and normalization (dimensions are inferred from the data, the
+class from `worldmodel.kinds.MODEL_KINDS`), runs its `loss`, and stores the self-describing model file
+inside every Lightning checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from data_pipeline.batch import Batch, Normalization
-from data_pipeline.schema import StoreSchema
-from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
-from worldmodel.interface import WorldModel
+from data_pipeline.batch import Batch
+from worldmodel.base import ModelBase
+from worldmodel.evaluation import evaluate_split
+from worldmodel.kinds import ModelKind, build_model, resolve_config
 
-ModelKind = Literal["ensemble", "rssm", "diffusion"]
 LAST_GOOD = "last-good.ckpt"  # written beside last.ckpt when a loss turns NaN/Inf, then training stops
-
-
-def build_model(kind: ModelKind, config: Any, schema: StoreSchema, normalization: Normalization) -> WorldModel:
-    """The world model of `kind` for a store's schema and normalization."""
-    if kind == "ensemble":
-        return EnsembleWorldModel(config, schema, normalization)
-    if kind == "rssm":
-        from worldmodel.rssm import RSSMWorldModel
-
-        return RSSMWorldModel(config, schema, normalization)
-    if kind == "diffusion":
-        from worldmodel.diffusion import DiffusionWorldModel
-
-        return DiffusionWorldModel(config, schema, normalization)
-    raise ValueError(f"model kind {kind!r}; expected 'ensemble', 'rssm' or 'diffusion'")
-
-
-def _config_for(kind: ModelKind, given: dict[str, Any] | None) -> Any:
-    if kind == "ensemble":
-        cls = EnsembleConfig
-    elif kind == "rssm":
-        from worldmodel.rssm import RSSMConfig
-
-        cls = RSSMConfig
-    else:
-        from worldmodel.diffusion import DiffusionConfig
-
-        cls = DiffusionConfig
-    given = dict(given or {})
-    preset = given.pop("preset", None)
-    base = cls.preset(preset) if preset is not None else cls()
-    unknown = set(given) - set(base.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"model.config: unknown keys {sorted(unknown)} for {kind}; "
-                         f"expected some of {sorted(base.__dataclass_fields__)}")
-    for key, value in given.items():
-        setattr(base, key, value)
-    return base
 
 
 class WorldModelModule(L.LightningModule):
@@ -79,8 +42,8 @@ class WorldModelModule(L.LightningModule):
         """
         Args:
             kind: which world model: ensemble (PETS/MBPO), rssm (Dreamer) or diffusion (DIAMOND-style).
-            config: the model's config fields (see EnsembleConfig / RSSMConfig / DiffusionConfig);
-                `preset: tiny|small|medium` picks a size preset first, where the model has presets.
+            config: fields of the kind's config that differ from its preset (every field is listed
+                at the end of --help); `preset: tiny|small|medium` picks the size preset they apply to.
             lr: AdamW learning rate.
             weight_decay: AdamW weight decay.
             seed: seeds the model's per-step randomness (bootstraps, latent samples), so a resumed run
@@ -93,22 +56,34 @@ class WorldModelModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.kind = kind
-        self.model_config = _config_for(kind, config)
-        self.model: WorldModel | None = None
+        self.model_config = resolve_config(kind, config)
+        self.model: ModelBase[Any] | None = None
         self._val_metrics: list[dict[str, torch.Tensor]] = []
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        dm = self.trainer.datamodule
+        dm = self._datamodule()
         self.model = build_model(self.kind, self.model_config, dm.schema, dm.normalization)
 
+    def _datamodule(self) -> Any:
+        # Lightning's data connector sets `trainer.datamodule`; the Trainer class does not declare it.
+        return self.trainer.datamodule  # type: ignore[attr-defined]
+
+    @property
+    def world_model(self) -> ModelBase[Any]:
+        """The model, once built (`configure_model`, or assigned by a caller that loaded one)."""
+        if self.model is None:
+            raise RuntimeError("the world model is built in configure_model, from the datamodule's store")
+        return self.model
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.model.loss(batch)
+        return self.world_model.loss(batch)
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         # Per-step seed: a run resumed from a mid-epoch checkpoint draws the same noise.
-        digest = hashlib.blake2b(f"{self.hparams.seed}:{self.global_step}:{self.global_rank}".encode(), digest_size=8)
+        key = f"{self.hparams['seed']}:{self.global_step}:{self.global_rank}"
+        digest = hashlib.blake2b(key.encode(), digest_size=8)
         torch.manual_seed(int.from_bytes(digest.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -137,7 +112,7 @@ class WorldModelModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self._val_metrics and not self.trainer.sanity_checking:
             avg = {k: torch.stack([m[k] for m in self._val_metrics]).mean(0) for k in self._val_metrics[0]}
-            self.model.end_validation(avg)
+            self.world_model.end_validation(avg)
         self._val_metrics.clear()
         if self.trainer.state.fn == "validate":
             self._log_evaluation("val")
@@ -146,24 +121,19 @@ class WorldModelModule(L.LightningModule):
         self._log_evaluation("test")
 
     def _log_evaluation(self, split: str) -> None:
-        from data_pipeline.eval_windows import split_eval_windows
-        from worldmodel.evaluation import evaluate
-
-        dm = self.trainer.datamodule
-        length = self.hparams.eval_context + max(self.hparams.eval_horizons)
-        windows = split_eval_windows(dm, split, length, self.hparams.eval_windows)
-        if windows is None:
+        hp = self.hparams
+        metrics = evaluate_split(self.world_model, self._datamodule(), split, context=hp["eval_context"],
+                                 horizons=tuple(hp["eval_horizons"]), samples=hp["eval_samples"],
+                                 max_windows=hp["eval_windows"])
+        if metrics is None:
             return
-        train = split_eval_windows(dm, "train", dm.hparams.window, self.hparams.eval_windows)
-        metrics = evaluate(self.model, windows, context=self.hparams.eval_context,
-                           horizons=self.hparams.eval_horizons, samples=self.hparams.eval_samples,
-                           train=train)
         self.evaluation = metrics
         for k, v in metrics.items():
-            self.log(f"{split}_eval/{k}", v, batch_size=windows.batch_size)
+            self.log(f"{split}_eval/{k}", v, batch_size=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(self.world_model.parameters(), lr=self.hparams["lr"],
+                                 weight_decay=self.hparams["weight_decay"])
 
     def _stop_on_non_finite(self, loss: torch.Tensor, batch: Batch, batch_idx: int) -> None:
         """Write `last-good.ckpt` (the state before this step: the update has not happened) and raise.
@@ -173,7 +143,8 @@ class WorldModelModule(L.LightningModule):
         """
         trainer = self.trainer
         callback = trainer.checkpoint_callback
-        folder = Path(callback.dirpath if callback is not None and callback.dirpath else trainer.default_root_dir)
+        dirpath = callback.dirpath if isinstance(callback, ModelCheckpoint) else None
+        folder = Path(dirpath or trainer.default_root_dir)
         path = folder / LAST_GOOD
         trainer.save_checkpoint(path)
         inputs = [name for name in ("obs", "action", "reward", "image")
@@ -189,4 +160,4 @@ class WorldModelModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The self-describing model file inside the Lightning checkpoint: `worldmodel.load(ckpt)` works.
-        checkpoint["twinworld_model"] = self.model.checkpoint_dict()
+        checkpoint["twinworld_model"] = self.world_model.checkpoint_dict()

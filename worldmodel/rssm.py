@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -30,7 +30,9 @@ from torch.nn import functional as F
 
 from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
-from worldmodel.interface import Prediction, State, WorldModel, previous_actions
+from worldmodel.base import ModelBase
+from worldmodel.interface import Prediction, State, previous_actions
+from worldmodel.rssm_networks import ConvDecoder, ConvEncoder, NormGRUCell, mlp, symexp, symlog
 
 
 @dataclass
@@ -81,7 +83,7 @@ class RSSMConfig:
     @classmethod
     def preset(cls, name: str) -> RSSMConfig:
         """A size preset: "tiny" (tests), "small" (the defaults) or "medium"."""
-        presets = {
+        presets: dict[str, dict[str, Any]] = {
             "tiny": dict(deter=32, stoch=8, categories=4, classes=4, hidden=32, layers=1, cnn_depth=4,
                          uncertainty_samples=2),
             "small": {},
@@ -93,77 +95,7 @@ class RSSMConfig:
         return replace(cls(), **presets[name])
 
 
-def symlog(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.log1p(x.abs())
-
-
-def symexp(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.expm1(x.abs())
-
-
-def mlp(d_in: int, hidden: int, layers: int, d_out: int) -> nn.Sequential:
-    """`layers` × (Linear, LayerNorm, SiLU), then a Linear to `d_out`."""
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.SiLU()]
-    mods.append(nn.Linear(hidden if layers else d_in, d_out))
-    return nn.Sequential(*mods)
-
-
-class NormGRUCell(nn.Module):
-    """DreamerV3's GRU: one LayerNorm'd projection, update gate biased towards keeping the state."""
-
-    def __init__(self, d_in: int, deter: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(d_in + deter, 3 * deter, bias=False)
-        self.norm = nn.LayerNorm(3 * deter)
-
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        reset, cand, update = self.norm(self.linear(torch.cat([x, h], -1))).chunk(3, -1)
-        cand = torch.tanh(torch.sigmoid(reset) * cand)
-        update = torch.sigmoid(update - 1.0)
-        return update * cand + (1.0 - update) * h
-
-
-class ConvEncoder(nn.Module):
-    """(N, C, H, W) in [-1, 1] -> (N, embed): four stride-2 convs, channels d, 2d, 4d, 8d."""
-
-    def __init__(self, channels: int, depth: int, height: int, width: int) -> None:
-        super().__init__()
-        mods: list[nn.Module] = []
-        c_in = channels
-        for i in range(4):
-            c_out = depth * 2**i
-            mods += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out), nn.SiLU()]
-            c_in = c_out
-        self.net = nn.Sequential(*mods, nn.Flatten())
-        self.out_dim = c_in * (height // 16) * (width // 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class ConvDecoder(nn.Module):
-    """(N, feat) -> (N, 2C, H, W): mean and raw std per pixel, mirroring `ConvEncoder`."""
-
-    def __init__(self, feat: int, channels: int, depth: int, height: int, width: int) -> None:
-        super().__init__()
-        self.start = (8 * depth, height // 16, width // 16)
-        self.linear = nn.Linear(feat, math.prod(self.start))
-        mods: list[nn.Module] = []
-        c_in = 8 * depth
-        for i in (2, 1, 0):
-            c_out = depth * 2**i
-            mods += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out), nn.SiLU()]
-            c_in = c_out
-        mods.append(nn.ConvTranspose2d(c_in, 2 * channels, 4, 2, 1))
-        self.net = nn.Sequential(*mods)
-
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        return self.net(self.linear(feat).reshape(-1, *self.start))
-
-
-class RSSMWorldModel(WorldModel):
+class RSSMWorldModel(ModelBase[RSSMConfig]):
     """Dreamer-style RSSM over vector or image observations (see the module docstring).
 
     State: {"deter": (B, deter), "stoch": (B, stoch)} with stoch = `config.stoch` for Gaussian latents
@@ -178,7 +110,6 @@ class RSSMWorldModel(WorldModel):
     """
 
     model_type: ClassVar[str] = "rssm"
-    config_class: ClassVar[type] = RSSMConfig
 
     def __init__(self, config: RSSMConfig, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__(config, schema, normalization)
@@ -196,6 +127,7 @@ class RSSMWorldModel(WorldModel):
         feat = c.deter + self.stoch_dim
 
         if self.image_obs:
+            assert schema.image_shape is not None  # image_obs implies it
             h, w, ch = (int(s) for s in schema.image_shape)
             if h % 16 or w % 16:
                 raise ValueError(
@@ -221,8 +153,10 @@ class RSSMWorldModel(WorldModel):
         self.reward_head = mlp(feat, c.hidden, c.layers, 1)
         self.termination_head = mlp(feat, c.hidden, c.layers, 1)
         # Zero-initialized reward output (DreamerV3): no large spurious rewards early in training.
-        nn.init.zeros_(self.reward_head[-1].weight)
-        nn.init.zeros_(self.reward_head[-1].bias)
+        reward_out = self.reward_head[-1]
+        assert isinstance(reward_out, nn.Linear)
+        nn.init.zeros_(reward_out.weight)
+        nn.init.zeros_(reward_out.bias)
 
     # -------------------------------------------------------------- latent distribution
     # A distribution is one tensor: Gaussian [mean, std] (…, 2·stoch); categorical log-probs (…, cat·cls).
@@ -317,7 +251,7 @@ class RSSMWorldModel(WorldModel):
         if tuple(obs.shape[2:]) != self.obs_shape:
             raise ValueError(
                 f"rssm: observations of shape {tuple(obs.shape)}; expected (B, T, *{self.obs_shape})")
-        x = self.normalize_obs(obs)
+        x = self.units.normalize_obs(obs)
         return x.permute(0, 1, 4, 2, 3) if self.image_obs else x
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -338,7 +272,7 @@ class RSSMWorldModel(WorldModel):
     def _encode_actions(self, action: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         if self.discrete:  # fill values (-1) where is_first are ignored; keep one_hot's input valid
             action = torch.where(is_first, torch.zeros_like(action), action)
-        return self.encode_action(action)
+        return self.units.encode_action(action)
 
     # -------------------------------------------------------------- interface
     def initial_state(self, batch: int) -> State:
@@ -364,7 +298,7 @@ class RSSMWorldModel(WorldModel):
     ) -> tuple[State, Prediction]:
         deter, stoch = state["deter"], state["stoch"]
         b, k = deter.shape[0], self.config.uncertainty_samples
-        deter, prior = self._img_step(deter, stoch, self.encode_action(action))
+        deter, prior = self._img_step(deter, stoch, self.units.encode_action(action))
         # K prior samples (K, B, stoch): sample 0 continues the trajectory, all K measure the spread.
         noise = self._generator_noise((k, b, self.stoch_dim), prior, generator, gumbel=self.categorical)
         samples = self._sample(prior.unsqueeze(0).expand(k, -1, -1), noise)
@@ -380,10 +314,10 @@ class RSSMWorldModel(WorldModel):
         feat = feats[0]
         reward_n = symexp(self.reward_head(feat).squeeze(-1).float())
         pred = Prediction(
-            obs=self.clamp_plausible(self.denormalize_obs(self._to_obs_layout(sample_n))),
-            obs_mean=self.clamp_plausible(self.denormalize_obs(self._to_obs_layout(mean_n[0]))),
-            obs_std=self.denormalize_obs_std(self._to_obs_layout(total_std)),
-            reward=self.denormalize_reward(reward_n),
+            obs=self.units.clamp_plausible(self.units.denormalize_obs(self._to_obs_layout(sample_n))),
+            obs_mean=self.units.clamp_plausible(self.units.denormalize_obs(self._to_obs_layout(mean_n[0]))),
+            obs_std=self.units.denormalize_obs_std(self._to_obs_layout(total_std)),
+            reward=self.units.denormalize_reward(reward_n),
             terminated=torch.sigmoid(self.termination_head(feat).squeeze(-1).float()),
             uncertainty=spread.flatten(1).mean(-1),
         )
@@ -428,7 +362,7 @@ class RSSMWorldModel(WorldModel):
 
         # Reward r_t (after a_t at o_t) is predicted from the feature at t+1, which has seen a_t.
         reward_pred = self.reward_head(feat[:, 1:]).squeeze(-1).float()
-        reward_target = symlog(self.normalize_reward(batch.reward[:, :-1].float()))
+        reward_target = symlog(self.units.normalize_reward(batch.reward[:, :-1].float()))
         valid = (~is_first[:, 1:] & ~batch.is_last[:, :-1].bool()).to(reward_pred.dtype)
         reward_loss = (((reward_pred - reward_target) ** 2) * valid).sum() / valid.sum().clamp_min(1.0)
 

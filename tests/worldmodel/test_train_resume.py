@@ -157,6 +157,7 @@ def pendulum_store(tmp_path_factory) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_train_py_killed_mid_epoch_resumes_to_the_same_parameters(tmp_path, pendulum_store, monkeypatch) -> None:
     import train
 

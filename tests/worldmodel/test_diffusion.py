@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from gymnasium import spaces
 
 import worldmodel
@@ -20,7 +21,6 @@ from worldmodel.diffusion import DiffusionConfig, DiffusionWorldModel
 from worldmodel.interface import previous_actions
 
 OBS_DIM, ACT_DIM, N_ACTIONS, IMG = 3, 2, 3, 32
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _schema(kind: str) -> StoreSchema:
@@ -187,7 +187,7 @@ def test_observe_step_by_step_equals_all_at_once_and_resets_on_is_first() -> Non
         assert torch.equal(whole[key], state[key]), key
     assert whole["count"].tolist() == [4, 3, 4, 4]
     # Row 1 was reset at t=4: padded with o_4, then o_5, o_6; the padding slot's action is zero.
-    expected = model.normalize_obs(batch.obs[1, [4, 4, 5, 6]])
+    expected = model.units.normalize_obs(batch.obs[1, [4, 4, 5, 6]])
     assert torch.allclose(whole["obs"][1], expected)
     assert (whole["action"][1, :2] == 0).all()
 
@@ -262,6 +262,7 @@ def test_config_errors_name_the_field() -> None:
         DiffusionConfig.preset("huge")
 
 
+@pytest.mark.slow
 def test_fit_through_train_py(tmp_path: Path, tiny_store) -> None:
     """Two training steps on a tiny store, end to end through `train.py fit`; the model file loads and rolls out."""
     pytest.importorskip("data_pipeline.datamodule")

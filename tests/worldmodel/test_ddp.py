@@ -76,6 +76,7 @@ def pendulum_store(tmp_path_factory) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path, pendulum_store, monkeypatch) -> None:
     import train
 

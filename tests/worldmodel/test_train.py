@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO as ROOT
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> dict[str, str]:
@@ -109,6 +108,7 @@ def test_mlflow_uri_loads_same_model_as_checkpoint(ensemble_run: dict[str, str],
     assert torch.equal(pa.obs, pb.obs)
 
 
+@pytest.mark.slow
 def test_rssm_fit_and_validate(work: Path, pendulum_store: str) -> None:
     out = run_cli([str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs/pendulum/rssm.yaml"),
                    "--data.store", pendulum_store, "--out_dir", str(work / "runs"), "--data.window", "12",
@@ -124,6 +124,7 @@ def test_rssm_fit_and_validate(work: Path, pendulum_store: str) -> None:
     assert "val_eval/nrmse/h1" in val["_stdout"]
 
 
+@pytest.mark.slow
 def test_pendulum_config_trains_on_cartpole_store(work: Path) -> None:
     store = record("CartPole-v1", work / "c.zarr", episodes=12, steps=40)
     out = run_cli([str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs/pendulum/ensemble.yaml"),
@@ -135,10 +136,35 @@ def test_pendulum_config_trains_on_cartpole_store(work: Path) -> None:
     assert model.obs_dim == 4 and model.discrete and model.action_dim == 2
 
 
-def test_help_documents_keys(work: Path) -> None:
+def test_help_documents_every_key_and_every_model_field(work: Path) -> None:
+    from dataclasses import fields
+
+    from worldmodel.kinds import MODEL_KINDS
+
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--help"], capture_output=True, text=True,
-                          cwd=work, timeout=120)
+                          cwd=work, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"})
     assert proc.returncode == 0
     for key in ("--data.store", "--data.window", "--model.kind", "--model.lr", "--trainer.precision",
                 "--mlflow.registered_model_name"):
         assert key in proc.stdout
+    lines = proc.stdout.splitlines()
+    for kind, (_, config_cls) in MODEL_KINDS.items():
+        assert f"model.kind {kind} ({config_cls.__name__})" in proc.stdout
+        start = next(i for i, line in enumerate(lines) if f"model.kind {kind} (" in line)
+        for field in fields(config_cls):
+            # Each field: its flag, then its docstring, type and default (wrapped onto following lines).
+            flag = f"--model.config.{field.name} "
+            at = next((i for i in range(start, len(lines)) if flag in lines[i]), None)
+            assert at is not None, f"{kind}: {field.name} missing from --help"
+            text = " ".join(lines[at : at + 4]).split(flag, 1)[1].split("--model.config.", 1)[0]
+            assert len(text.split()) > 3 and "default:" in text, f"{kind}: {field.name} has no docstring or default"
+
+
+def test_a_misspelt_model_config_key_is_a_usage_error_naming_it(work: Path, pendulum_store: str) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--config",
+                           str(ROOT / "configs/pendulum/ensemble.yaml"), "--data.store", pendulum_store,
+                           "--model.config.membrs", "3"], capture_output=True, text=True, cwd=work, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert "model.config.membrs" in proc.stderr and "'members'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,116 @@
+"""What the shipped models share beyond the interface: their store, their units and their file.
+
+`ModelBase` is the one base class of ensemble, RSSM and diffusion. It is not the interface (that is
+the `WorldModel` Protocol in worldmodel/interface.py): it holds the store's schema and normalization,
+a `Units` component, the default `imagine` loop and the writer of the model file, which
+worldmodel/io.py reads back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, is_dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from torch import nn
+
+from data_pipeline.batch import Batch, Normalization
+from data_pipeline.schema import StoreSchema
+from worldmodel.interface import Prediction, State
+from worldmodel.units import Units
+
+FORMAT = "twinworld-worldmodel"
+FORMAT_VERSION = 1
+
+ConfigT = TypeVar("ConfigT")
+
+
+class ModelBase(nn.Module, Generic[ConfigT]):
+    """Base of the shipped world models; subclasses set `model_type` and implement `initial_state`,
+    `observe`, `step` and `loss` (and `imagine` where a faster one exists)."""
+
+    model_type: ClassVar[str] = ""
+    markov: bool = False
+    """See `WorldModel.markov`; a class may set it per instance (diffusion with history 1)."""
+    supports_member_resampling: bool = False
+    """See `WorldModel.supports_member_resampling`."""
+
+    def __init__(self, config: ConfigT, schema: StoreSchema, normalization: Normalization) -> None:
+        super().__init__()
+        self.config = config
+        self.schema = schema
+        self.normalization = normalization
+        self.image_obs = schema.image_obs
+        self.discrete = schema.discrete
+        self.obs_dim = schema.obs_dim
+        self.action_dim = normalization.num_actions if self.discrete else schema.action_dim
+        self.units = Units(schema, normalization, getattr(config, "plausible_margin", 0.25))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def obs_mean(self) -> torch.Tensor:
+        """The store's per-channel observation mean (on the model's device)."""
+        return self.units.obs_mean
+
+    @property
+    def obs_std(self) -> torch.Tensor:
+        """The store's per-channel observation standard deviation (on the model's device)."""
+        return self.units.obs_std
+
+    # -------------------------------------------------------------- interface defaults
+    def imagine(
+        self, state: State, actions: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[State, Prediction]:
+        """Roll out `actions` `(B, H, …)` from `state` one `step` at a time; predictions are `(B, H, …)`."""
+        steps = []
+        for t in range(actions.shape[1]):
+            state, pred = self.step(state, actions[:, t], generator)
+            steps.append(pred)
+        return state, Prediction.stack(steps)
+
+    def initial_state(self, batch: int) -> State:
+        raise NotImplementedError(f"{type(self).__name__}.initial_state")
+
+    def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
+        raise NotImplementedError(f"{type(self).__name__}.observe")
+
+    def step(
+        self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[State, Prediction]:
+        raise NotImplementedError(f"{type(self).__name__}.step")
+
+    def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
+        """No members to draw: the state unchanged (see `supports_member_resampling`)."""
+        return state
+
+    # -------------------------------------------------------------- training hooks
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss of a batch of windows and the metrics to log."""
+        raise NotImplementedError(f"{type(self).__name__}.loss")
+
+    def end_validation(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Called with the validation metrics averaged over an epoch (e.g. to pick ensemble elites)."""
+
+    # -------------------------------------------------------------- the model file
+    def checkpoint_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model, in types `torch.load(weights_only=True)` accepts."""
+        if not is_dataclass(self.config) or isinstance(self.config, type):
+            raise TypeError(f"model config must be a dataclass instance, got {type(self.config).__name__}")
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_type": self.model_type,
+            "config": json.dumps(asdict(self.config)),
+            "schema": json.dumps(self.schema.to_attrs(), default=str),
+            "normalization": json.dumps(self.normalization.to_dict()),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+
+    def save(self, path: str) -> str:
+        """Write a self-describing model file (config, normalization, spaces, weights); return its path."""
+        torch.save(self.checkpoint_dict(), path)
+        return str(path)
