@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 
 
 def run(cmd: list[str]) -> dict[str, str]:
     """Run a command, stream its output, and return its `key: value` result lines."""
     print("\n$ " + " ".join(cmd), flush=True)
-    out = {}
+    out: dict[str, str] = {}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:  # shown as it comes, so long steps show their progress
             print(line, end="", flush=True)
             key, sep, value = line.partition(": ")
@@ -41,19 +41,12 @@ def run(cmd: list[str]) -> dict[str, str]:
 
 
 def random_return(episodes: int = 20, seed: int = 1000) -> float:
-    """Mean return of the uniform random policy on the real Pendulum-v1."""
-    env = gym.make("Pendulum-v1")
-    env.action_space.seed(seed)
-    returns = []
-    for k in range(episodes):
-        env.reset(seed=seed + k)
-        total, done = 0.0, False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total += float(r)
-            done = term or trunc
-        returns.append(total)
-    return float(np.mean(returns))
+    """Mean return of the uniform random policy on the real Pendulum-v1 (the policy's baseline)."""
+    from policies import real_return
+    from policies.behaviour import make_policy
+
+    policy = make_policy("random", gym.make("Pendulum-v1").action_space, seed=seed)
+    return real_return(policy, "Pendulum-v1", episodes, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> None:

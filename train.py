@@ -26,7 +26,7 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from data_pipeline.datamodule import WindowDataModule
+from data_pipeline.windows.datamodule import WindowDataModule
 from tracking.runs import fit_params, open_tracker, run_name
 from worldmodel.kinds import ConfigError, config_fields_help, resolve_config
 from worldmodel.lightning import WorldModelModule

@@ -37,12 +37,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data_pipeline.batch import Batch  # noqa: E402
 from data_pipeline.ingest import IngestSpec  # noqa: E402
 from data_pipeline.record import record  # noqa: E402
 from data_pipeline.store import TrajectoryStore  # noqa: E402
 from data_pipeline.stream import Block, StreamConfig, StreamIngest  # noqa: E402
 from data_pipeline.windows import normalization_for  # noqa: E402
+from data_pipeline.windows.batch import Batch  # noqa: E402
 from twin.anomaly import AnomalyConfig, AnomalyScorer, calibrate, score_episodes  # noqa: E402
 from twin.live import LiveMirror, ScoreStore, Twin  # noqa: E402
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel  # noqa: E402

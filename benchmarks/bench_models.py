@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data_pipeline.datamodule import WindowDataModule  # noqa: E402
+from data_pipeline.windows.datamodule import WindowDataModule  # noqa: E402
 from tracking.publish import evaluate_split  # noqa: E402
 from worldmodel.evaluation import format_table  # noqa: E402
 from worldmodel.lightning import WorldModelModule, build_model  # noqa: E402

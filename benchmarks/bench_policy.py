@@ -38,7 +38,7 @@ def fit_model(store: str, out: Path, steps: int, seed: int) -> str:
     """Fit the ensemble on the random-policy store (in-process, no MLflow); return the model file."""
     import lightning as L
 
-    from data_pipeline.datamodule import WindowDataModule
+    from data_pipeline.windows.datamodule import WindowDataModule
     from worldmodel.lightning import WorldModelModule
 
     dm = WindowDataModule(store=store, window=16, batch_size=32, batches_per_epoch=steps, val_batches=4,

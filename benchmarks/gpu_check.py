@@ -128,7 +128,7 @@ class _StepClock:
 def train_one(kind: str, precision: str, store: str, sizes: Sizes, device: torch.device) -> tuple[Row, Any]:
     import lightning as L
 
-    from data_pipeline.datamodule import WindowDataModule
+    from data_pipeline.windows.datamodule import WindowDataModule
     from worldmodel.lightning import WorldModelModule
 
     cfg = yaml.safe_load((ROOT / "configs" / "pendulum" / f"{kind}.yaml").read_text())

@@ -15,7 +15,7 @@ def refit(model_path: str, store_path: str, cfg: PolicyConfig, out: Path, iterat
     import lightning as L
 
     import worldmodel
-    from data_pipeline.datamodule import WindowDataModule
+    from data_pipeline.windows.datamodule import WindowDataModule
     from worldmodel.lightning import ModelKind, WorldModelModule
 
     model = worldmodel.load(model_path)

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
-from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.interface import Prediction, State
 from worldmodel.units import Units
 

@@ -32,8 +32,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch.nn import functional as F
 
-from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
 from worldmodel.denoiser import HistoryHeads, ImageDenoiser, VectorDenoiser, edm_coefficients, edm_denoise
 from worldmodel.interface import Prediction, State

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
 from worldmodel.interface import Prediction, State
 

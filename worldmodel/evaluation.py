@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from data_pipeline.batch import Batch
-from data_pipeline.eval_windows import split_eval_windows
+from data_pipeline.windows.batch import Batch
+from data_pipeline.windows.datamodule import split_eval_windows
 from worldmodel.interface import WorldModel, previous_actions
 from worldmodel.units import Units
 

@@ -27,8 +27,8 @@ from typing import Protocol, Self, runtime_checkable
 
 import torch
 
-from data_pipeline.batch import Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Normalization
 
 State = dict[str, torch.Tensor]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from data_pipeline.batch import Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Normalization
 from worldmodel.base import FORMAT, ModelBase
 from worldmodel.kinds import build_model, config_from_file
 

@@ -16,8 +16,8 @@ from typing import Any, Literal, get_args
 
 from jsonargparse import ArgumentParser
 
-from data_pipeline.batch import Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Normalization
 from worldmodel.base import ModelBase
 from worldmodel.diffusion import DiffusionConfig, DiffusionWorldModel
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from data_pipeline.batch import Batch
+from data_pipeline.windows.batch import Batch
 from worldmodel.base import ModelBase
 from worldmodel.evaluation import evaluate_split
 from worldmodel.kinds import ModelKind, build_model, resolve_config

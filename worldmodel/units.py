@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data_pipeline.batch import Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Normalization
 
 
 class Units(nn.Module):

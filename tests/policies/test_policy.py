@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """A tiny ensemble fitted for a few dozen steps on a small random-policy Pendulum store."""
-    from data_pipeline.batch import Batch
-    from data_pipeline.datamodule import WindowDataModule
     from data_pipeline.record import record
+    from data_pipeline.windows.batch import Batch
+    from data_pipeline.windows.datamodule import WindowDataModule
     from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 
     work = tmp_path_factory.mktemp("policy")

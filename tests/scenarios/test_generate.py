@@ -20,10 +20,10 @@ import xarray as xr
 import zarr
 
 import generate
-from data_pipeline.eval_windows import eval_windows
 from data_pipeline.record import record
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows import normalization_for, split_episodes
+from data_pipeline.windows.fixed import eval_windows
 from scenarios.rollout import block_seed
 from scenarios.run import generate as generate_scenarios
 from scenarios.spec import Condition, Outcome, ScenarioSpecError, load_spec, parse_spec_text

@@ -23,7 +23,7 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import Callback
 
-from data_pipeline.datamodule import WindowDataModule
+from data_pipeline.windows.datamodule import WindowDataModule
 from tracking.logger import BufferedMLflowLogger
 from worldmodel.lightning import WorldModelModule
 

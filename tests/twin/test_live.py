@@ -17,11 +17,11 @@ import yaml
 from conftest import subprocess_env
 from stream_helpers import PENDULUM_SPEC, Publisher, committed_steps, pendulum_samples, wait_for
 
-from data_pipeline.batch import Batch, Normalization
 from data_pipeline.ingest import IngestSpec
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.stream import Block
+from data_pipeline.windows.batch import Batch, Normalization
 from twin import LiveMirror, ScoreStore, Twin
 from twin.anomaly import (
     LOG_SQRT_2PI,

@@ -15,8 +15,8 @@ import torch
 from gymnasium import spaces
 
 import worldmodel
-from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
 from worldmodel.interface import WorldModel, previous_actions
 from worldmodel.kinds import MODEL_KINDS, ConfigError, build_model, resolve_config

@@ -14,8 +14,8 @@ from conftest import REPO
 from gymnasium import spaces
 
 import worldmodel
-from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.denoiser import edm_coefficients, edm_denoise
 from worldmodel.diffusion import DiffusionConfig, DiffusionWorldModel
 from worldmodel.interface import previous_actions
@@ -265,7 +265,7 @@ def test_config_errors_name_the_field() -> None:
 @pytest.mark.slow
 def test_fit_through_train_py(tmp_path: Path, tiny_store) -> None:
     """Two training steps on a tiny store, end to end through `train.py fit`; the model file loads and rolls out."""
-    pytest.importorskip("data_pipeline.datamodule")
+    pytest.importorskip("data_pipeline.windows.datamodule")
     store = tiny_store(episodes=6, obs_dim=OBS_DIM, action_dim=ACT_DIM, min_transitions=20, max_transitions=30)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}

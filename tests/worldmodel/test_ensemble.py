@@ -10,8 +10,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
 
 OBS_DIM = 3

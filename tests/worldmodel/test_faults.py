@@ -16,9 +16,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from data_pipeline.batch import Batch
-from data_pipeline.datamodule import WindowDataModule
 from data_pipeline.store import StoreCorruptionError
+from data_pipeline.windows.batch import Batch
+from data_pipeline.windows.datamodule import WindowDataModule
 from worldmodel.lightning import LAST_GOOD, WorldModelModule
 
 

@@ -10,8 +10,8 @@ import torch
 from gymnasium import spaces
 
 import worldmodel
-from data_pipeline.batch import Batch, Normalization
 from data_pipeline.schema import StoreSchema
+from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.interface import previous_actions
 from worldmodel.rssm import RSSMConfig, RSSMWorldModel
 

@@ -22,8 +22,8 @@ import torch
 from conftest import REPO, subprocess_env
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from data_pipeline.batch import Batch
-from data_pipeline.datamodule import WindowDataModule
+from data_pipeline.windows.batch import Batch
+from data_pipeline.windows.datamodule import WindowDataModule
 from worldmodel.io import read_checkpoint
 
 
