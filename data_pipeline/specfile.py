@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from data_pipeline.errors import UserError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A spec file or spec data is malformed: the message names the file, the key and what was expected."""
 
 

@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from data_pipeline.errors import UserError
 from data_pipeline.schema import DISCRETE_FILL, Episode, StoreSchema
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """Bad input data: the message names the source, field, row and what was expected."""
 
 

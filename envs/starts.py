@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.store import TrajectoryStore
+from data_pipeline.store import TrajectoryStore, episode_index
 
 DEFAULT_CACHE_BYTES = 256 << 20  # vector stores up to a few million rows are held in memory
 
@@ -153,16 +153,11 @@ class RecordedStarts:
         return pos, rows
 
     def _position(self, episode: int | str) -> int:
-        if isinstance(episode, str):
-            hits = np.flatnonzero(self.ids == episode)
-            if not hits.size:
-                raise KeyError(f"reset options: {self.store.path} has no committed episode with id {episode!r}")
-            return int(hits[0])
-        e = int(episode)
-        if not 0 <= e < self.num_episodes:
-            raise IndexError(f"reset options: episode {e} out of range; {self.store.path} has "
-                             f"{self.num_episodes} committed episodes (0..{self.num_episodes - 1})")
-        return e
+        """The store position of an episode given by position or id (the store's one lookup rule)."""
+        try:
+            return episode_index(self.ids, episode, where=self.store.path)
+        except (KeyError, IndexError) as err:
+            raise type(err)(f"reset options: {err.args[0]}") from None
 
     # ------------------------------------------------------------------ reading histories
     def history_for(self, episode: np.ndarray, t: np.ndarray) -> History:

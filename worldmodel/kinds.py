@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from jsonargparse import ArgumentParser
 
+from data_pipeline.errors import UserError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Normalization
 from worldmodel.base import ModelBase
@@ -35,7 +36,7 @@ assert set(MODEL_KINDS) == set(get_args(ModelKind)), "ModelKind and MODEL_KINDS 
 PRESET_KEY = "preset"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A model config key or value is wrong: the message names the key path and what was expected."""
 
 

@@ -20,13 +20,14 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from data_pipeline.errors import UserError
 from data_pipeline.ingest.spec import IngestSpec, TimestampSpec
 
 TIME_UNITS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 """Nanoseconds per unit of a numeric timestamp (`timestamp.unit`)."""
 
 
-class ReadingError(ValueError):
+class ReadingError(UserError, ValueError):
     """A value that breaks a rule: `index` is its position in what was checked, `expected` what is right."""
 
     def __init__(self, index: int, value: Any, expected: str) -> None:

@@ -10,10 +10,11 @@ import os
 
 from filelock import FileLock, Timeout
 
+from data_pipeline.errors import UserError
 from data_pipeline.store.paths import lock_path_of
 
 
-class StoreLockedError(RuntimeError):
+class StoreLockedError(UserError, RuntimeError):
     """Another process (or another handle in this one) holds the store's writer lock."""
 
 

@@ -12,12 +12,13 @@ import pandas as pd
 import xarray as xr
 import zarr
 
+from data_pipeline.errors import UserError
 from data_pipeline.schema import EPISODE_VARS, StoreSchema
 from data_pipeline.store.layout import CHANNEL_COORDS, array_of
 from data_pipeline.store.paths import zarr_path
 
 
-class StoreCorruptionError(RuntimeError):
+class StoreCorruptionError(UserError, RuntimeError):
     """A chunk failed its checksum or could not be decoded."""
 
 

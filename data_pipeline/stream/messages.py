@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline.errors import UserError
 from data_pipeline.ingest import ChannelRanges, IngestSpec, ReadingError
 from data_pipeline.ingest.readings import (
     apply_nan_policy,
@@ -25,7 +26,7 @@ from data_pipeline.ingest.readings import (
 from data_pipeline.ingest.spec import TimestampSpec
 
 
-class StreamDataError(ValueError):
+class StreamDataError(UserError, ValueError):
     """A message that cannot be read as samples: names the message, the key and what was expected."""
 
 

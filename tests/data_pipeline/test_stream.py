@@ -310,7 +310,7 @@ def test_mqtt_stream_stores_every_step_once_in_order(tmp_path: Path, mqtt_broker
     np.testing.assert_allclose(action[:-1], ref.action[:-1], atol=1e-6)
 
 
-def test_sigkill_loses_nothingcommitted_steps(tmp_path: Path, mqtt_broker: int) -> None:
+def test_sigkill_loses_nothing_committed(tmp_path: Path, mqtt_broker: int) -> None:
     spec = write_spec(tmp_path)
     samples = pendulum_samples(200, seed=4)
     out = str(tmp_path / "live.zarr")
