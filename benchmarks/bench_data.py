@@ -3,6 +3,7 @@
     python benchmarks/bench_data.py                  # full: 1,000,000 steps (a few minutes on 2 cores)
     python benchmarks/bench_data.py --steps 100000   # reduced, quick
     python benchmarks/bench_data.py --no-record      # print only, do not append to BENCHMARKS.md
+    python benchmarks/bench_data.py --only ingest    # (a) alone: seconds, not minutes
 
 (a) ingest: TrajectoryStore.append in batches of episodes vs one bulk zarr write of the same arrays with
     the same codecs and chunks (target ≥ 0.5×);
@@ -199,6 +200,26 @@ def bench_memory(path: Path, store_mb: float, window: int, batch: int, n_batches
             "batch_mb": r["batch_bytes"] / mb, "passes": r["passes"], "ms_per_batch": r["ms_per_batch"]}
 
 
+def _sampling_rows(path: Path, args: argparse.Namespace) -> list[tuple[str, ...]]:
+    """(b) and (c) on the store that (a) wrote, as table rows."""
+    sampling = bench_sampling(path, args.window, args.batch, args.sampler_batches, args.naive_batches,
+                              int(args.cache_mb * 2**20), args.repeats)
+    memory = bench_memory(path, sampling["store_mb"], args.window, args.batch, args.sampler_batches)
+    print(f"store: {sampling['store_mb']:.0f} MiB of window variables; machine: {machine(VERSIONS)}")
+    return [
+        ("(b) ms per batch",
+         f"sampler {sampling['sampler_ms']:.2f} (first batch {sampling['first_batch_s']:.1f} s)",
+         f"naive {sampling['naive_ms']:.0f}; in-memory {sampling['memory_ms']:.2f}",
+         f"{sampling['vs_naive']:.0f}x naive; {sampling['vs_memory']:.2f}x memory", "≥ 10x naive"),
+        (f"(b) ms per batch, store {sampling['store_mb'] / sampling['quarter_mb']:.1f}x cache",
+         f"sampler {sampling['quarter_ms']:.2f}",
+         f"naive {sampling['naive_ms']:.0f}", f"{sampling['quarter_vs_naive']:.0f}x naive", "≥ 10x naive"),
+        (f"(c) peak RSS, store {sampling['store_mb'] / memory['budget_mb']:.1f}x cache",
+         f"+{memory['peak_delta_mb']:.0f} MiB over base "
+         f"({memory['ms_per_batch']:.2f} ms/batch, {memory['passes']} passes)",
+         f"budget {memory['budget_mb']:.0f} MiB", f"overhead {memory['overhead_mb']:+.0f} MiB",
+         "budget + fixed"),
+    ]
 
 
 def main() -> None:
@@ -220,6 +241,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="results are appended here")
     p.add_argument("--repeats", type=int, default=3, help="rounds per measurement (best / median counts)")
     p.add_argument("--no-record", action="store_true", help="print only")
+    p.add_argument("--only", choices=["ingest"], default=None, help="run only part (a), the ingest comparison")
     p.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache-bytes", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -238,15 +260,7 @@ def main() -> None:
     single = bench_ingest(workdir / "single.zarr", episodes[: args.single_appends], schema, 1)
     shutil.rmtree(workdir / "single.zarr", ignore_errors=True)
     del episodes
-    sampling = bench_sampling(path, args.window, args.batch, args.sampler_batches, args.naive_batches,
-                              int(args.cache_mb * 2**20), args.repeats)
-    memory = bench_memory(path, sampling["store_mb"], args.window, args.batch, args.sampler_batches)
-    if args.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
-
     n = ingest["rows"]
-    print(f"store: {n} rows, {args.channels} obs + {args.action_dim} action channels, "
-          f"{sampling['store_mb']:.0f} MiB of window variables; machine: {machine(VERSIONS)}")
     table = [
         ("(a) ingest rows/s", f"append {ingest['append_rows_s']:,.0f} ({per_append} episodes per call)",
          f"bulk write {ingest['bulk_rows_s']:,.0f}", f"{ingest['ratio']:.2f}x", "≥ 0.5x"),
@@ -254,19 +268,14 @@ def main() -> None:
          f"append {single['append_rows_s']:,.0f} "
          f"({1e3 * single['append_s'] / args.single_appends:.0f} ms per call)",
          f"bulk write {single['bulk_rows_s']:,.0f}", f"{single['ratio']:.2f}x", "(information)"),
-        ("(b) ms per batch",
-         f"sampler {sampling['sampler_ms']:.2f} (first batch {sampling['first_batch_s']:.1f} s)",
-         f"naive {sampling['naive_ms']:.0f}; in-memory {sampling['memory_ms']:.2f}",
-         f"{sampling['vs_naive']:.0f}x naive; {sampling['vs_memory']:.2f}x memory", "≥ 10x naive"),
-        (f"(b) ms per batch, store {sampling['store_mb'] / sampling['quarter_mb']:.1f}x cache",
-         f"sampler {sampling['quarter_ms']:.2f}",
-         f"naive {sampling['naive_ms']:.0f}", f"{sampling['quarter_vs_naive']:.0f}x naive", "≥ 10x naive"),
-        (f"(c) peak RSS, store {sampling['store_mb'] / memory['budget_mb']:.1f}x cache",
-         f"+{memory['peak_delta_mb']:.0f} MiB over base "
-         f"({memory['ms_per_batch']:.2f} ms/batch, {memory['passes']} passes)",
-         f"budget {memory['budget_mb']:.0f} MiB", f"overhead {memory['overhead_mb']:+.0f} MiB",
-         "budget + fixed"),
     ]
+    if args.only == "ingest":
+        print(f"store: {n} rows, {args.channels} obs + {args.action_dim} action channels; "
+              f"machine: {machine(VERSIONS)}")
+    else:
+        table += _sampling_rows(path, args)
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
     for row in table:
         print(f"{row[0]:<30} {row[1]:<48} {row[2]:<40} {row[3]:<32} {row[4]}")
     if not args.no_record:

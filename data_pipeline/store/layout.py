@@ -1,20 +1,41 @@
 """The on-disk layout of a trajectory store: which arrays exist, their dims, chunks and attrs, and how
-the rows of an episode are encoded into them (docs/data-format.md, "Layout" and "Chunks and codecs")."""
+the rows of an episode are encoded into them (docs/data-format.md, "Layout" and "Chunks and codecs").
+
+Creation writes the group's `zarr.json` with every attr first, so even a store whose creation was cut
+short (a full disk, a kill) is recognizably a twinworld store; `unfinished_store` recognizes one that
+holds no data yet, and `create` finishes it instead of refusing the path.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time as _time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.errors import GroupNotFoundError
 
+from data_pipeline.errors import UserError
 from data_pipeline.schema import DISCRETE_FILL, EPISODE_VARS, SCHEMA_VERSION, STEP_VARS, StoreSchema
 from data_pipeline.store.codecs import compressors
 from data_pipeline.store.paths import local_path, zarr_path
 from data_pipeline.validate import DataValidationError
+
+TITLE = "twinworld trajectory store"
+
+# zarr's LocalStore writes each file to `<name>.<uuid hex>.partial` and renames it into place; a
+# SIGKILL (or a full disk) between the two leaves the temporary file behind.
+PARTIAL_FILE = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+class StoreCorruptionError(UserError, RuntimeError):
+    """Part of a store cannot be read: a chunk failed its checksum, could not be decoded or is missing,
+    or an array's or the group's `zarr.json` is missing or cannot be parsed. The message names the array
+    and the chunk (or metadata file)."""
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # ≥ 1 MiB per chunk along `step` (contract 1)
 TABLE_CHUNK = 4096
@@ -45,11 +66,35 @@ def create_store_group(path: str, schema: StoreSchema, chunk_steps: int, *, over
     """The root group of a new, empty store; an existing local directory is replaced only with `overwrite`."""
     local = local_path(path)
     if local is not None and local.exists() and any(local.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) or choose another path")
+        if not unfinished_store(local):
+            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) or choose another path")
+        overwrite = True  # a twinworld store whose creation did not finish, holding no data: finish it
+    # The group's attrs go into its first write, so a store cut short is still recognizably ours.
     group = zarr.open_group(zarr_path(path), mode="w" if overwrite else "w-", zarr_format=3,
-                            storage_options=storage_options)
+                            storage_options=storage_options, attributes=store_attrs(schema, chunk_steps))
     create_arrays(group, schema, chunk_steps)
     return group
+
+
+def unfinished_store(local: Path) -> bool:
+    """Whether the directory `local` is a twinworld store whose creation was cut short or that never
+    received data: its group `zarr.json` is ours (or only zarr's temporary files are there), every entry
+    is one a store holds, and no array of rows or of the episode table holds a chunk. Replacing it loses
+    nothing."""
+    entries = {p.name for p in local.iterdir() if not PARTIAL_FILE.search(p.name)}
+    if "zarr.json" in entries:
+        try:
+            attrs = json.loads((local / "zarr.json").read_bytes()).get("attributes", {})
+        except (OSError, ValueError, AttributeError):
+            return False
+        if not isinstance(attrs, dict) or attrs.get("title") != TITLE or "schema" not in attrs:
+            return False
+    elif entries:
+        return False
+    known = {"zarr.json", *STEP_VARS, *EPISODE_VARS, *CHANNEL_COORDS}
+    if not entries <= known:
+        return False
+    return not any((local / name / "c").exists() for name in (*STEP_VARS, *EPISODE_VARS))
 
 
 def open_store_group(path: str, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
@@ -57,8 +102,18 @@ def open_store_group(path: str, mode: str, storage_options: dict[str, Any] | Non
     store or whose schema major version this code does not read."""
     # Not the consolidated metadata: it is a snapshot for plain xarray readers, and a writer or a live
     # reader needs the current array shapes.
-    group = zarr.open_group(zarr_path(path), mode="r" if mode == "r" else "r+", zarr_format=3,
-                            storage_options=storage_options, use_consolidated=False)
+    try:
+        group = zarr.open_group(zarr_path(path), mode="r" if mode == "r" else "r+", zarr_format=3,
+                                storage_options=storage_options, use_consolidated=False)
+    except GroupNotFoundError:
+        local = local_path(path)
+        if local is not None and (local / "episode_status" / "zarr.json").exists():
+            raise StoreCorruptionError(f"{path}: the group's metadata file zarr.json is missing, but the store's "
+                                       "arrays are there; the store is damaged") from None
+        raise
+    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        raise StoreCorruptionError(f"{path}: the group's metadata file zarr.json cannot be read "
+                                   f"({type(err).__name__}: {err}); the store is damaged") from err
     if "schema" not in group.attrs:
         raise DataValidationError(f"{path}: zarr group has no 'schema' attribute; not a twinworld store")
     version = str(group.attrs.get("schema_version", "?"))
@@ -72,12 +127,32 @@ def read_schema(group: zarr.Group, path: str) -> StoreSchema:
     schema = group.attrs["schema"]
     if not isinstance(schema, dict):
         raise DataValidationError(f"{path}: attribute 'schema' is {type(schema).__name__}; expected a mapping")
-    return StoreSchema.from_attrs(dict(schema))
+    try:
+        return StoreSchema.from_attrs(dict(schema))
+    except (ValueError, TypeError, KeyError) as err:
+        raise StoreCorruptionError(f"{path}: attribute 'schema' of the group's zarr.json cannot be read "
+                                   f"({type(err).__name__}: {err}); the store is damaged") from err
+
+
+def array_names(schema: StoreSchema) -> list[str]:
+    """Every array a store of `schema` holds: step variables, the episode table, channel coordinates."""
+    steps = [n for n in STEP_VARS if (n != "obs" or schema.obs_dim) and (n != "image" or schema.image_shape)]
+    return [*steps, *EPISODE_VARS, *CHANNEL_COORDS]
 
 
 def array_of(group: zarr.Group, name: str) -> zarr.Array:
-    """The array `name` of a store's group (a group there means this is no trajectory store)."""
-    arr = group[name]
+    """The array `name` of a store's group (a group there means this is no trajectory store).
+
+    A missing or unreadable `NAME/zarr.json` raises StoreCorruptionError naming the array.
+    """
+    try:
+        arr = group[name]
+    except KeyError:
+        raise StoreCorruptionError(f"{group.store}: array '{name}' is missing (no {name}/zarr.json); "
+                                   "the store is damaged") from None
+    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError; zarr's metadata checks too
+        raise StoreCorruptionError(f"{group.store}: array '{name}' metadata file {name}/zarr.json cannot be read "
+                                   f"({type(err).__name__}: {err}); the store is damaged") from err
     if not isinstance(arr, zarr.Array):
         raise TypeError(f"{group.store}: '{name}' is a zarr group; a trajectory store holds an array there")
     return arr
@@ -139,23 +214,25 @@ def create_arrays(group: zarr.Group, schema: StoreSchema, chunk_steps: int) -> N
                                  dtype=str if is_text else "int8" if name == "episode_status" else "int64",
                                  dimension_names=["episode"], fill_value="" if is_text else 0, **codecs)
         arr.attrs["long_name"] = LONG_NAMES[name]
-    group.attrs.update(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "schema": schema.to_attrs(),
-            "dt": schema.dt,
-            "observation_space": json.dumps(schema.observation_space),
-            "action_space": json.dumps(schema.action_space),
-            "obs_units": dict(zip(schema.obs_channels, schema.obs_units, strict=True)),
-            "action_units": dict(zip(schema.action_channels, schema.action_units, strict=True)),
-            "chunk_steps": chunk_steps,
-            "created": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime()),
-            "provenance": schema.provenance,
-            "title": "twinworld trajectory store",
-            # Units are coordinates along the channel dims, also in a store without `obs` (image only).
-            "coordinates": "obs_unit action_unit",
-        }
-    )
+
+
+def store_attrs(schema: StoreSchema, chunk_steps: int) -> dict[str, Any]:
+    """The group attrs of a new store."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "schema": schema.to_attrs(),
+        "dt": schema.dt,
+        "observation_space": json.dumps(schema.observation_space),
+        "action_space": json.dumps(schema.action_space),
+        "obs_units": dict(zip(schema.obs_channels, schema.obs_units, strict=True)),
+        "action_units": dict(zip(schema.action_channels, schema.action_units, strict=True)),
+        "chunk_steps": chunk_steps,
+        "created": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime()),
+        "provenance": schema.provenance,
+        "title": TITLE,
+        # Units are coordinates along the channel dims, also in a store without `obs` (image only).
+        "coordinates": "obs_unit action_unit",
+    }
 
 
 def episode_rows(

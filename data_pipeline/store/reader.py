@@ -11,27 +11,49 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from zarr.core.sync import sync
 
-from data_pipeline.errors import UserError
 from data_pipeline.schema import EPISODE_VARS, StoreSchema
-from data_pipeline.store.layout import CHANNEL_COORDS, array_of
+from data_pipeline.store.layout import CHANNEL_COORDS, StoreCorruptionError, array_of
 from data_pipeline.store.paths import zarr_path
 
-
-class StoreCorruptionError(UserError, RuntimeError):
-    """A chunk failed its checksum or could not be decoded."""
+__all__ = ["StoreCorruptionError", "chunk_file", "missing_chunks", "open_committed", "read_checked"]
 
 
-def read_checked(arr: zarr.Array, name: str, start: int, stop: int, *, where: str) -> np.ndarray:
-    """Rows [start, stop) of the step array `name`.
+def chunk_file(arr: zarr.Array, c: int) -> str:
+    """The key of chunk `c` (along the first dim) of `arr` within the store, e.g. `obs/c/3/0`."""
+    return f"{arr.path}/{arr.metadata.encode_chunk_key((c, *(0,) * (arr.ndim - 1)))}"
 
-    A chunk that fails its crc32c checksum or cannot be decoded raises StoreCorruptionError naming
-    the array and the chunk, never plausible-looking numbers.
+
+def missing_chunks(arr: zarr.Array, start: int, stop: int) -> list[int]:
+    """Chunks (along the first dim) holding rows [start, stop) that have no stored object.
+
+    Every writer stores chunks that hold only fill values too (`write_empty_chunks`), so a missing
+    chunk is damage; zarr would read it as the fill value (NaN, False, 0) without a word.
     """
+    if stop <= start:
+        return []
+    chunk = arr.chunks[0]
+    store = arr.store_path.store
+    return [c for c in range(start // chunk, (stop - 1) // chunk + 1) if not sync(store.exists(chunk_file(arr, c)))]
+
+
+def read_checked(arr: zarr.Array, name: str, start: int, stop: int, *, where: str, dim: str = "step") -> np.ndarray:
+    """Rows [start, stop) of the array `name` along its first dim `dim` (`step` or `episode`).
+
+    A chunk that is missing, fails its crc32c checksum or cannot be decoded, and an array shorter than
+    the rows asked for (its zarr.json damaged), raise StoreCorruptionError naming the array and the
+    chunk, never plausible-looking numbers.
+    """
+    chunk = arr.chunks[0]
+    if stop > arr.shape[0]:
+        raise StoreCorruptionError(
+            f"{where}: array '{name}' has {arr.shape[0]} rows along '{dim}' but row {stop - 1} is committed; "
+            f"its metadata file {name}/zarr.json is damaged"
+        )
     try:
-        return np.asarray(arr[start:stop])
+        data = np.asarray(arr[start:stop])
     except Exception as err:  # a flipped byte fails the crc32c check or the decompressor
-        chunk = arr.chunks[0]
         bad = start // chunk
         for c in range(start // chunk, max(stop - 1, start) // chunk + 1):
             try:
@@ -40,10 +62,18 @@ def read_checked(arr: zarr.Array, name: str, start: int, stop: int, *, where: st
                 bad = c
                 break
         raise StoreCorruptionError(
-            f"{where}: array '{name}' chunk {bad} along 'step' "
+            f"{where}: array '{name}' chunk {bad} along '{dim}' "
             f"(rows {bad * chunk}..{(bad + 1) * chunk - 1}) cannot be read "
-            f"({type(err).__name__}: {err}); the store is corrupted there"
+            f"(file {chunk_file(arr, bad)}: {type(err).__name__}: {err}); the store is corrupted there"
         ) from err
+    missing = missing_chunks(arr, start, stop)
+    if missing:
+        bad = missing[0]
+        raise StoreCorruptionError(
+            f"{where}: array '{name}' chunk {bad} along '{dim}' (rows {bad * chunk}..{(bad + 1) * chunk - 1}) "
+            f"holds committed rows but its file {chunk_file(arr, bad)} is missing; the store is corrupted there"
+        )
+    return data
 
 
 def open_committed(path: str, group: zarr.Group, step_vars: list[str], n: int, end: int,

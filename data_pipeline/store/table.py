@@ -7,15 +7,19 @@ so every other column of a committed row is complete. Committed rows never chang
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from data_pipeline.schema import COMMITTED, EPISODE_VARS
 from data_pipeline.store.layout import array_of
+from data_pipeline.store.reader import read_checked
 
 
 @dataclass(frozen=True)
@@ -54,25 +58,49 @@ def table_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     return table
 
 
-def committed_count(group: zarr.Group) -> int:
-    """Leading table rows whose status is COMMITTED."""
-    status = np.asarray(array_of(group, "episode_status")[:])
+def published_count(group: zarr.Group) -> int:
+    """Table rows in the consolidated metadata, which each commit publishes after its status write: these
+    rows were committed, so their status chunks must exist (0 when nothing was published)."""
+    raw = sync(group.store.get(f"{group.path}/zarr.json".lstrip("/"), prototype=default_buffer_prototype()))
+    try:
+        meta = json.loads(raw.to_bytes()) if raw is not None else {}
+        return int(meta["consolidated_metadata"]["metadata"]["episode_status"]["shape"][0])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return 0  # never published, or a store written before publishing: nothing to hold against it
+
+
+def committed_count(group: zarr.Group, where: str) -> int:
+    """Leading table rows whose status is COMMITTED.
+
+    Status chunks of published rows must exist (a missing one is damage, StoreCorruptionError); past
+    them, a status chunk missing after a crash mid-commit reads as uncommitted.
+    """
+    arr = array_of(group, "episode_status")
+    published = min(published_count(group), arr.shape[0])
+    status = read_checked(arr, "episode_status", 0, published, where=where, dim="episode")
+    if arr.shape[0] > published:
+        try:
+            status = np.r_[status, np.asarray(arr[published:])]
+        except Exception:  # a chunk that fails its checksum is damage wherever it lies
+            read_checked(arr, "episode_status", published, arr.shape[0], where=where, dim="episode")
+            raise
     bad = np.flatnonzero(status != COMMITTED)
     return int(bad[0]) if bad.size else len(status)
 
 
-def read_table(group: zarr.Group, n: int) -> pd.DataFrame:
+def read_table(group: zarr.Group, n: int, where: str) -> pd.DataFrame:
     """The first `n` table rows (the committed ones, when `n` is `committed_count`)."""
-    return table_frame({name: np.asarray(array_of(group, name)[:n]) for name in EPISODE_VARS[:-1]})
+    return table_frame({name: read_checked(array_of(group, name), name, 0, n, where=where, dim="episode")
+                        for name in EPISODE_VARS[:-1]})
 
 
-def rows_of(group: zarr.Group, n_episodes: int) -> int:
+def rows_of(group: zarr.Group, n_episodes: int, where: str) -> int:
     """Rows along `step` taken by the first `n_episodes` table rows."""
     if n_episodes == 0:
         return 0
-    start = array_of(group, "episode_start")[n_episodes - 1]
-    length = array_of(group, "episode_length")[n_episodes - 1]
-    return int(np.asarray(start)) + int(np.asarray(length))
+    start, length = (read_checked(array_of(group, name), name, n_episodes - 1, n_episodes, where=where,
+                                  dim="episode")[0] for name in ("episode_start", "episode_length"))
+    return int(start) + int(length)
 
 
 def end_of(table: pd.DataFrame) -> int:

@@ -45,7 +45,8 @@ class TrajectoryStore:
         self.storage_options = storage_options
         self._group = group
         self.schema = layout.read_schema(group, path)
-        self._members = set(group.array_keys())
+        # Every array the schema implies, each metadata file read once: a missing or damaged one is named now.
+        self._members = {name for name in layout.array_names(self.schema) if layout.array_of(group, name) is not None}
         self._arrays: dict[str, zarr.Array] = {}  # for reads; refreshed when a read goes past its shape
         self._table_cache: pd.DataFrame | None = None
         self._writer = StoreWriter(group) if mode == "a" else None
@@ -104,6 +105,14 @@ class TrajectoryStore:
         except FileNotFoundError as err:
             release_writer_lock(writer_lock)
             raise FileNotFoundError(f"{path}: no trajectory store here ({err})") from err
+        except reader.StoreCorruptionError as err:
+            release_writer_lock(writer_lock)
+            if local is not None and layout.unfinished_store(local):
+                raise reader.StoreCorruptionError(
+                    f"{path}: this twinworld store's creation did not finish ({err}); it holds no data. Create "
+                    "it again: `record` / `ingest` to the same --out (without --append), or TrajectoryStore.create"
+                ) from err
+            raise
         except BaseException:
             release_writer_lock(writer_lock)
             raise
@@ -159,9 +168,9 @@ class TrajectoryStore:
         """
         if self._table_cache is not None and self.mode == "a":
             return self._table_cache
-        n = table.committed_count(self._group)
+        n = table.committed_count(self._group, self.path)
         if self._table_cache is None or len(self._table_cache) != n:  # committed rows never change
-            self._table_cache = table.read_table(self._group, n)
+            self._table_cache = table.read_table(self._group, n, self.path)
         return self._table_cache
 
     @property
@@ -175,7 +184,7 @@ class TrajectoryStore:
 
     def num_steps_for(self, n_episodes: int) -> int:
         """Rows along `step` taken by the first `n_episodes` table rows."""
-        return table.rows_of(self._group, n_episodes)
+        return table.rows_of(self._group, n_episodes, self.path)
 
     def episode_index(self, key: int | str) -> int:
         """The table position of a committed episode given by position (0..n-1) or id.
@@ -285,7 +294,7 @@ class TrajectoryStore:
         """Cut every array back to the committed end, so the next write starts there; return the rows dropped."""
         writer = self._require_writer()
         self._table_cache = None
-        n = table.committed_count(self._group)
+        n = table.committed_count(self._group, self.path)
         return writer.truncate(self.step_vars, n, self.num_steps_for(n))
 
     def recover(self) -> int:

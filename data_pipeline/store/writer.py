@@ -9,7 +9,6 @@ survive any crash; keep the two steps apart.
 
 from __future__ import annotations
 
-import re
 import time as _time
 import uuid
 from collections.abc import Sequence
@@ -20,13 +19,9 @@ import zarr
 
 from data_pipeline.schema import EPISODE_VARS, Episode, StoreSchema
 from data_pipeline.store.codecs import consolidate
-from data_pipeline.store.layout import array_of, episode_rows
+from data_pipeline.store.layout import PARTIAL_FILE, array_of, episode_rows
 from data_pipeline.store.table import TableRow
 from data_pipeline.validate import validate_episode
-
-# zarr's LocalStore writes each file to `<name>.<uuid hex>.partial` and renames it into place; a
-# SIGKILL between the two leaves the temporary file behind.
-_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 class StoreWriter:
@@ -94,7 +89,7 @@ class StoreWriter:
 
 def remove_partial_files(local: Path) -> None:
     """Delete the temporary files of writes killed between zarr's write and its rename."""
-    for partial in [p for p in local.rglob("*.partial") if _PARTIAL.search(p.name)]:
+    for partial in [p for p in local.rglob("*.partial") if PARTIAL_FILE.search(p.name)]:
         partial.unlink(missing_ok=True)
 
 
