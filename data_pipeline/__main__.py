@@ -40,21 +40,29 @@ def _behaviour_policy(spec: str, env_id: str, seed: int) -> Policy | Literal["ra
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from data_pipeline.record import record
+    from data_pipeline.record import RecordInterrupted, record
 
-    store = record(
-        args.env,
-        args.episodes,
-        args.out,
-        policy=_behaviour_policy(args.policy, args.env, args.seed),
-        seed=args.seed,
-        num_envs=args.num_envs,
-        image_size=args.image_size,
-        max_episode_steps=args.max_episode_steps,
-        overwrite=args.overwrite,
-        append=args.append,
-        progress=not args.no_progress,
-    )
+    try:
+        store = record(
+            args.env,
+            args.episodes,
+            args.out,
+            policy=_behaviour_policy(args.policy, args.env, args.seed),
+            seed=args.seed,
+            num_envs=args.num_envs,
+            image_size=args.image_size,
+            max_episode_steps=args.max_episode_steps,
+            overwrite=args.overwrite,
+            append=args.append,
+            progress=not args.no_progress,
+            commit_interval=args.commit_interval,
+        )
+    except RecordInterrupted as stop:  # every finished episode is committed; exit 128 + signal, as a shell does
+        print(f"store: {args.out}")
+        print(f"episodes: {stop.episodes}")
+        print(f"steps: {stop.steps}")
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     print(f"store: {args.out}")
     print(f"episodes: {store.num_episodes}")
     print(f"steps: {store.num_steps}")
@@ -64,8 +72,15 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from data_pipeline.info import describe
+    from data_pipeline.store import StoreCorruptionError
 
-    print(describe(args.store, stats=not args.no_stats))
+    try:  # nothing is printed from a damaged store: no statistics computed over fill values
+        text = describe(args.store, stats=not args.no_stats)
+    except StoreCorruptionError as err:
+        print(f"python -m data_pipeline info: error: {err}. `python -m data_pipeline validate {args.store}` "
+              "lists every damaged part", file=sys.stderr)
+        return 1
+    print(text)
     return 0
 
 
@@ -137,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--append", action="store_true", help="append to an existing store (schema must match)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--commit-interval", type=float, default=10.0,
+                   help="commit finished episodes at least every this many seconds (default 10), so a kill "
+                   "loses at most that much; SIGINT / SIGTERM commit them and exit 130 / 143")
     p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("ingest", help="import sensor logs (csv, parquet) or a Minari dataset into a store")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline.schema import EPISODE_VARS
 from data_pipeline.stats import channel_stats
-from data_pipeline.store import CHANNEL_COORDS, StoreCorruptionError, TrajectoryStore
-from data_pipeline.store.paths import local_path
+from data_pipeline.store import TrajectoryStore, damage
 
 
 def _fmt_time(ns: int) -> str:
@@ -74,18 +72,6 @@ def describe(path: str, stats: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _missing_chunks(store: TrajectoryStore, name: str, end: int) -> list[int]:
-    """Chunks along `step` that hold committed rows but have no file (local stores only)."""
-    local = local_path(store.path)
-    arr = store.array(name)
-    if local is None or end == 0:
-        return []
-    zeros = (0,) * (arr.ndim - 1)
-    chunk = arr.chunks[0]
-    return [c for c in range(-(-end // chunk))
-            if not (local / name / arr.metadata.encode_chunk_key((c, *zeros))).exists()]
-
-
 def _check_rows(store: TrajectoryStore) -> str | None:
     """Flags and time against the episode table: what is wrong, or None."""
     table = store.episodes()
@@ -116,12 +102,22 @@ def _check_rows(store: TrajectoryStore) -> str | None:
 
 
 def validate_store(path: str, repair: bool = False) -> dict[str, str]:
-    """Check structure, commit state and every committed chunk (crc32c checksums); optionally repair.
+    """Check structure, commit state, every metadata file and every committed chunk (present, crc32c
+    checksum, decodable); optionally repair.
 
-    Returns `key: value` lines for the CLI; `status` is `ok` or `corrupted` (then `error` says
-    which array and chunk). `repair` opens the store for writing, which drops an uncommitted tail.
+    Returns `key: value` lines for the CLI; `status` is `ok` or `corrupted`. When corrupted, `error` is
+    the first problem in full, `damaged` counts the damaged parts and `damage` lists them (array and
+    chunk or zarr.json). `repair` opens the store for writing, which drops an uncommitted tail; it
+    refuses a damaged store (nothing is cut off a store whose table cannot be trusted).
     """
     report: dict[str, str] = {"store": path}
+    found = damage.scan(path)
+    if found.damage:
+        report["status"] = "corrupted"
+        report["error"] = found.damage[0].message
+        report["damaged"] = str(len(found.damage))
+        report["damage"] = "; ".join(str(d) for d in found.damage)
+        return report
     if repair:
         with TrajectoryStore.open(path) as reader:
             tail = max(reader.array(n).shape[0] for n in reader.step_vars) - reader.num_steps
@@ -133,29 +129,7 @@ def validate_store(path: str, repair: bool = False) -> dict[str, str]:
         tails = {name: store.array(name).shape[0] - end for name in store.step_vars}
         if any(tails.values()):
             report["uncommitted_rows"] = str(max(tails.values()))
-        try:
-            for name in [*store.step_vars, *EPISODE_VARS, *CHANNEL_COORDS]:
-                arr = store.array(name)
-                if name in store.step_vars:
-                    missing = _missing_chunks(store, name, end)
-                    if missing:
-                        raise StoreCorruptionError(
-                            f"{path}: array '{name}' chunk {missing[0]} along 'step' holds committed rows "
-                            f"but its file is missing ({len(missing)} chunk(s) missing)"
-                        )
-                    chunk = arr.chunks[0]
-                    for c0 in range(0, end, chunk):
-                        store.read_rows(name, c0, min(c0 + chunk, end))
-                else:
-                    try:
-                        arr[:]
-                    except Exception as err:
-                        raise StoreCorruptionError(f"{path}: array '{name}' cannot be read ({err})") from err
-            problem = _check_rows(store)
-        except StoreCorruptionError as err:
-            report["status"] = "corrupted"
-            report["error"] = str(err)
-            return report
+        problem = _check_rows(store)
         if problem:
             report["status"] = "corrupted"
             report["error"] = f"{path}: {problem}"

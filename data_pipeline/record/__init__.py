@@ -10,7 +10,7 @@ episode k-1's final observation, the first at `start_time` (default: when record
 | module | job |
 | --- | --- |
 | `env_schema.py` | an env as a store: known channel names and units, dt, rendered observations, the schema |
-| `rollout.py` | `record`: the rollout loop with a behaviour policy (a callable, or the built-in "random") |
+| `rollout.py` | `record`: the rollout loop with a behaviour policy; commits on a clock and on SIGINT / SIGTERM |
 """
 
 from data_pipeline.record.env_schema import (
@@ -22,7 +22,7 @@ from data_pipeline.record.env_schema import (
     make_env,
     schema_for_env,
 )
-from data_pipeline.record.rollout import FLUSH_BYTES, Policy, record
+from data_pipeline.record.rollout import COMMIT_INTERVAL, FLUSH_BYTES, Policy, RecordInterrupted, record
 
-__all__ = ["FLUSH_BYTES", "KNOWN_CHANNELS", "ChannelNames", "Policy", "RenderedObservation", "env_dt",
-           "known_channels", "make_env", "record", "schema_for_env"]
+__all__ = ["COMMIT_INTERVAL", "FLUSH_BYTES", "KNOWN_CHANNELS", "ChannelNames", "Policy", "RecordInterrupted",
+           "RenderedObservation", "env_dt", "known_channels", "make_env", "record", "schema_for_env"]

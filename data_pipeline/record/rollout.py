@@ -1,12 +1,20 @@
 """The rollout loop: step `num_envs` copies of an env with a behaviour policy and append finished episodes
-to a store, in order of their index, on one clock."""
+to a store, in order of their index, on one clock.
+
+Finished episodes are committed in batches (fewer, larger appends are faster), but at least every
+`commit_interval` seconds, and at once on SIGINT / SIGTERM: a SIGKILL loses at most the episodes
+finished in the last interval, a SIGINT / SIGTERM only the episodes still running.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import signal
+import threading
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +29,18 @@ from data_pipeline.store import TrajectoryStore
 from data_pipeline.validate import check_schema_compatible
 
 FLUSH_BYTES = 32 << 20  # finished episodes are appended once they hold this much data (fewer, larger appends)
+COMMIT_INTERVAL = 10.0  # ... or once this many seconds passed since the last commit
+
+
+class RecordInterrupted(Exception):
+    """SIGINT or SIGTERM stopped `record`; every finished episode was committed first."""
+
+    def __init__(self, signum: int, episodes: int, steps: int) -> None:
+        super().__init__(f"record stopped by {signal.Signals(signum).name}: {episodes} episodes ({steps} rows) "
+                         "committed; episodes still running were dropped")
+        self.signum = signum
+        self.episodes = episodes
+        self.steps = steps
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """A behaviour policy: a batch of observations (batch, *obs_shape) to a batch of actions (batch, *action_shape)."""
@@ -42,6 +62,7 @@ def record(
     store: TrajectoryStore | None = None,
     env_kwargs: dict[str, Any] | None = None,
     start_time: int | None = None,
+    commit_interval: float = COMMIT_INTERVAL,
 ) -> TrajectoryStore:
     """Roll out `policy` in `num_envs` copies of `env_id` until `episodes` episodes are stored.
 
@@ -51,7 +72,11 @@ def record(
     With `store` (an open writable store) or `append=True` (open `out`) the episodes are appended;
     the store's schema must match the env's. `start_time` (ns since the epoch) fixes the clock, so
     the store is bit-for-bit reproducible; by default the first episode starts now, or after the
-    store's last row when appending. Returns the store, still open for writing: close it.
+    store's last row when appending. Finished episodes are committed at least every `commit_interval`
+    seconds (0: whenever one finishes). Returns the store, still open for writing: close it.
+
+    SIGINT and SIGTERM (in the main thread) commit the finished episodes, close the store and raise
+    `RecordInterrupted`; the command line then exits 130 / 143.
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"record: episodes ({episodes}) and num_envs ({num_envs}) must be ≥ 1")
@@ -73,7 +98,11 @@ def record(
     try:
         check_schema_compatible(store.schema, schema, use="append", where=f"record {env_id} into {store.path}")
         act = None if isinstance(policy, str) else policy
-        _rollout(envs, env_id, schema, store, act, episodes, seed, image_size, progress, start_time)
+        with _stop_on_signals() as stop:
+            _rollout(envs, env_id, schema, store, act, episodes, seed, image_size, progress, start_time,
+                     commit_interval, stop)
+        if stop.signum is not None:
+            raise RecordInterrupted(stop.signum, store.num_episodes, store.num_steps)
     except BaseException:
         if opened:
             store.close()
@@ -82,6 +111,32 @@ def record(
         for env in envs:
             env.close()
     return store
+
+
+@dataclass
+class _Stop:
+    signum: int | None = None
+    """The signal that asked the rollout to stop, if any."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_Stop]:
+    """While inside, SIGINT / SIGTERM set `stop.signum` (the rollout then commits and ends) instead of
+    killing the process; outside the main thread signals cannot be caught, and nothing is installed."""
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.signum = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -119,9 +174,11 @@ def _rollout(
     image_size: int | None,
     progress: bool,
     start_time: int | None,
+    commit_interval: float,
+    stop: _Stop,
 ) -> None:
     """Step the envs side by side (`act` None: the random policy); append finished episodes in order of
-    their index."""
+    their index, at least every `commit_interval` seconds, until done or `stop` is signalled."""
     num_envs = len(envs)
     action_space = envs[0].action_space
     discrete = isinstance(action_space, spaces.Discrete)
@@ -157,9 +214,14 @@ def _rollout(
         push_obs(ep, obs, info)
         last_obs[i] = obs
 
+    last_commit = _time.monotonic()
+
     def flush(force: bool) -> None:
-        nonlocal flushed, clock
-        if not force and sum(_episode_bytes(e) for e in done_eps.values()) < FLUSH_BYTES:
+        nonlocal flushed, clock, last_commit
+        if flushed not in done_eps:  # the next episode in index order is still running
+            return
+        due = _time.monotonic() - last_commit >= commit_interval
+        if not (force or due) and sum(_episode_bytes(e) for e in done_eps.values()) < FLUSH_BYTES:
             return
         ready = []
         while flushed in done_eps:  # in index order, whichever env finished first
@@ -167,12 +229,12 @@ def _rollout(
             ready.append(dataclasses.replace(ep, time=clock + dt_ns * np.arange(ep.num_rows, dtype=np.int64)))
             clock += dt_ns * ep.num_rows
             flushed += 1
-        if ready:
-            store.append(ready)
+        store.append(ready)
+        last_commit = _time.monotonic()
 
     for i in range(min(num_envs, episodes)):
         start(i)
-    while any(s is not None for s in slots):
+    while any(s is not None for s in slots) and stop.signum is None:
         active = [(i, ep) for i, ep in enumerate(slots) if ep is not None]
         if act is None:
             actions = [_sample(ep) for _, ep in active]

@@ -6,7 +6,8 @@
 | `layout` | the arrays, dims, chunk sizes and attrs of a store; how an episode's rows are encoded |
 | `table` | the episode table: its rows, the commit status, episode lookup by position or id |
 | `writer` | uncommitted data rows, the two-step commit, cutting an uncommitted tail off |
-| `reader` | rows with corruption detection, the committed part as xarray, the fingerprint |
+| `reader` | rows with damage detection (missing chunk, checksum), the committed part as xarray, the fingerprint |
+| `damage` | every damaged metadata file and chunk of a store, listed (`validate`) |
 | `episode_writer` | `EpisodeWriter`: one episode written row by row (live sources) |
 | `paths` | the local-path test, the lock file's name |
 | `lock` | the one-writer lock (`filelock`) |

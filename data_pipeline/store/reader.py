@@ -70,8 +70,8 @@ def read_checked(arr: zarr.Array, name: str, start: int, stop: int, *, where: st
     if missing:
         bad = missing[0]
         raise StoreCorruptionError(
-            f"{where}: array '{name}' chunk {bad} along '{dim}' (rows {bad * chunk}..{(bad + 1) * chunk - 1}) "
-            f"holds committed rows but its file {chunk_file(arr, bad)} is missing; the store is corrupted there"
+            f"{where}: array '{name}' chunk {bad} along '{dim}' holds committed rows but its file is missing "
+            f"({chunk_file(arr, bad)}, rows {bad * chunk}..{(bad + 1) * chunk - 1}); the store is corrupted there"
         )
     return data
 

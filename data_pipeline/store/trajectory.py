@@ -96,7 +96,9 @@ class TrajectoryStore:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         local = local_path(path)
-        if local is not None and not (local / "zarr.json").exists():
+        # No zarr.json and no table either: nothing of ours here (a missing group zarr.json beside the
+        # arrays is damage, named by open_store_group).
+        if local is not None and not (local / "zarr.json").exists() and not (local / "episode_status").exists():
             raise FileNotFoundError(f"{path}: no trajectory store here (no zarr.json)")
         writer_lock = acquire_writer_lock(path) if mode == "a" else None
         try:
