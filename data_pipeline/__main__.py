@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from data_pipeline.record import Policy
 
 
-def _behaviour_policy(spec: str, env_id: str, seed: int) -> Policy | Literal["random"]:
-    """`--policy`: "random" stays `record`'s built-in (each episode's own seeded action space); a
-    stable-baselines3 .zip or "module:function" becomes a batched callable (policies.behaviour), checked
-    before any store is made."""
+def _behaviour_policy(spec: str, env_id: str, seed: int, trust_pickle: bool = False) -> Policy | Literal["random"]:
+    """`--policy`: "random" stays `record`'s built-in (each episode's own seeded action space); a policy
+    file or "module:function" becomes a batched callable (policies.behaviour), checked before any store
+    is made. A bare stable-baselines3 zip is unpickled only with `--trust-pickle`."""
     if spec == "random":
         return "random"
     import gymnasium as gym
@@ -34,7 +34,7 @@ def _behaviour_policy(spec: str, env_id: str, seed: int) -> Policy | Literal["ra
 
     env = gym.make(env_id)  # for its action space only
     try:
-        return make_policy(spec, env.action_space, seed=seed)
+        return make_policy(spec, env.action_space, seed=seed, trust_pickle=trust_pickle)
     finally:
         env.close()
 
@@ -46,7 +46,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         args.env,
         args.episodes,
         args.out,
-        policy=_behaviour_policy(args.policy, args.env, args.seed),
+        policy=_behaviour_policy(args.policy, args.env, args.seed, args.trust_pickle),
         seed=args.seed,
         num_envs=args.num_envs,
         image_size=args.image_size,
@@ -127,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True, help="Gymnasium env id (classic control, MuJoCo or any registered env)")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
     p.add_argument("--policy", default="random",
-                   help="'random', a stable-baselines3 policy .zip, or 'module:function' (batched obs -> actions)")
+                   help="'random', a policy file (policy.zip with its .json and .safetensors, see docs/policy.md), "
+                   "or 'module:function' (batched obs -> actions)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a --policy that is a stable-baselines3 zip only: loading it runs any code it "
+                   "contains; only for files you made or trust")
     p.add_argument("--seed", type=int, default=0, help="episode k is reset with seed + k")
     p.add_argument("--out", required=True, help="store path or fsspec URL")
     p.add_argument("--num-envs", type=int, default=1, help="env copies stepped side by side")
