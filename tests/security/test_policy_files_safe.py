@@ -80,9 +80,6 @@ def _refused(err: pytest.ExceptionInfo[BaseException], path: Path) -> None:
 def test_safe_policy_acts_as_the_agent_and_never_reads_the_zip(algorithm: str, tmp_path: Path) -> None:
     agent = make_agent(algorithm)
     path = save_sb3(agent, tmp_path / "policy.zip")
-    info = json.loads(path.with_suffix(".json").read_text())
-    assert info["format"] == 2 and info["algorithm"] == algorithm and info["policy"] == "MlpPolicy"
-    assert info["hyperparameters"]["policy_kwargs"]["net_arch"] == [8]
     marker = tmp_path / "ran-code"
     poison_zip(path, marker)  # whatever the zip holds, a safe load never opens it
     space = agent.observation_space
@@ -99,6 +96,9 @@ def test_safe_policy_acts_as_the_agent_and_never_reads_the_zip(algorithm: str, t
                                                    "policy_weights": str(path.with_suffix(".safetensors"))}))
     np.testing.assert_array_equal(pyfunc.predict(None, obs), expected)
     assert not marker.exists()
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["format"] == 2 and info["algorithm"] == algorithm and info["policy"] == "MlpPolicy"
+    assert info["hyperparameters"]["policy_kwargs"]["net_arch"] == [8]
 
 
 def test_zip_only_policy_is_refused_by_make_policy_scenarios_and_pyfunc(tmp_path: Path) -> None:
@@ -195,7 +195,6 @@ def test_resume_refuses_an_old_zip_checkpoint(untrained_model: tuple[Path, Path]
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A run dir written before the safe format (agent.zip + agent.json + replay_buffer.pkl) resumes only
     with --trust-pickle."""
-    from policies.checkpoint import load_agent
     from policies.loop import train_policy
 
     model, store = untrained_model
@@ -212,6 +211,7 @@ def test_resume_refuses_an_old_zip_checkpoint(untrained_model: tuple[Path, Path]
     assert not marker.exists() and not buffer_marker.exists()
     # Trusted, the old checkpoint loads onto the learned env, and its pickles run.
     from envs.sb3 import make_sb3_env
+    from policies.checkpoint import load_agent
 
     venv = make_sb3_env(str(model), str(store), num_envs=1, seed=0, reward_fn="envs.rewards:pendulum",
                         max_episode_steps=4)
