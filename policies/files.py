@@ -184,15 +184,16 @@ def rebuild(info: PolicyInfo, weights: Path, env: GymEnv | None = None, device: 
                                 f"{', '.join(algo.policy_aliases)}")
     obs_space, action_space = space_from_dict(info.observation_space), space_from_dict(info.action_space)
     kwargs = from_plain(info.hyperparameters, str(source))
-    try:
+    try:  # SB3 checks its arguments with TypeError (unknown keyword), ValueError and assert
         agent = algo(policy=info.policy, env=env, device=device, _init_setup_model=False, **kwargs)
-    except TypeError as err:  # a keyword the algorithm does not take
-        raise PolicyFormatError(f"{source}: key 'hyperparameters' does not fit {info.algorithm}: {err}") from err
-    if env is None:
-        agent.observation_space, agent.action_space, agent.n_envs = obs_space, action_space, 1
-    else:
-        check_for_correct_spaces(env, obs_space, action_space)
-    agent._setup_model()
+        if env is None:
+            agent.observation_space, agent.action_space, agent.n_envs = obs_space, action_space, 1
+        else:
+            check_for_correct_spaces(env, obs_space, action_space)
+        agent._setup_model()
+    except (TypeError, ValueError, AssertionError) as err:
+        raise PolicyFormatError(f"{source}: key 'hyperparameters' does not build a {info.algorithm} agent"
+                                f"{' on this env' if env is not None else ''}: {err}") from err
     try:
         load_model(agent.policy, str(weights), strict=True, device=device)
     except (RuntimeError, SafetensorError) as err:

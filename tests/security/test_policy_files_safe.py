@@ -248,3 +248,15 @@ def test_out_dir_is_never_deleted(untrained_model: tuple[Path, Path], tmp_path: 
             with pytest.raises(UserError, match=rf"out_dir {out_dir}: contains the world model .*model\.pt"):
                 train_policy(_policy_config(model, store, out_dir), resume=resume)
     assert _digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["builtins.eval", "os.system", "torch.nn.functional.relu", "torch.optim._secret"])
+def test_policy_json_names_classes_only_from_the_allowed_namespaces(name: str, tmp_path: Path) -> None:
+    """A JSON's `policy_kwargs` class is looked up by name in torch.nn / torch.optim / SB3's torch_layers,
+    never imported: anything else is refused, naming the file and key."""
+    path = save_sb3(make_agent("DQN"), tmp_path / "policy.zip")
+    info = json.loads(path.with_suffix(".json").read_text())
+    info["hyperparameters"]["policy_kwargs"]["activation_fn"] = name
+    path.with_suffix(".json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=r"policy\.json: key 'hyperparameters\.policy_kwargs\.activation_fn' is"):
+        load_sb3(path)
