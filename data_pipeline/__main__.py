@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from data_pipeline.record import Policy
 
 
-def _behaviour_policy(spec: str, env_id: str, seed: int) -> Policy | Literal["random"]:
-    """`--policy`: "random" stays `record`'s built-in (each episode's own seeded action space); a
-    stable-baselines3 .zip or "module:function" becomes a batched callable (policies.behaviour), checked
-    before any store is made."""
+def _behaviour_policy(spec: str, env_id: str, seed: int, trust_pickle: bool = False) -> Policy | Literal["random"]:
+    """`--policy`: "random" stays `record`'s built-in (each episode's own seeded action space); a policy
+    file or "module:function" becomes a batched callable (policies.behaviour), checked before any store
+    is made. A bare stable-baselines3 zip is unpickled only with `--trust-pickle`."""
     if spec == "random":
         return "random"
     import gymnasium as gym
@@ -34,7 +34,7 @@ def _behaviour_policy(spec: str, env_id: str, seed: int) -> Policy | Literal["ra
 
     env = gym.make(env_id)  # for its action space only
     try:
-        return make_policy(spec, env.action_space, seed=seed)
+        return make_policy(spec, env.action_space, seed=seed, trust_pickle=trust_pickle)
     finally:
         env.close()
 
@@ -42,6 +42,7 @@ def _behaviour_policy(spec: str, env_id: str, seed: int) -> Policy | Literal["ra
 def _cmd_record(args: argparse.Namespace) -> int:
     from data_pipeline.record import RecordInterrupted, record
 
+<<<<<<< HEAD
     try:
         store = record(
             args.env,
@@ -63,6 +64,21 @@ def _cmd_record(args: argparse.Namespace) -> int:
         print(f"steps: {stop.steps}")
         print(f"interrupted: {stop}", file=sys.stderr)
         return 128 + stop.signum
+=======
+    store = record(
+        args.env,
+        args.episodes,
+        args.out,
+        policy=_behaviour_policy(args.policy, args.env, args.seed, args.trust_pickle),
+        seed=args.seed,
+        num_envs=args.num_envs,
+        image_size=args.image_size,
+        max_episode_steps=args.max_episode_steps,
+        overwrite=args.overwrite,
+        append=args.append,
+        progress=not args.no_progress,
+    )
+>>>>>>> t-policies
     print(f"store: {args.out}")
     print(f"episodes: {store.num_episodes}")
     print(f"steps: {store.num_steps}")
@@ -142,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True, help="Gymnasium env id (classic control, MuJoCo or any registered env)")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
     p.add_argument("--policy", default="random",
-                   help="'random', a stable-baselines3 policy .zip, or 'module:function' (batched obs -> actions)")
+                   help="'random', a policy file (policy.zip with its .json and .safetensors, see docs/policy.md), "
+                   "or 'module:function' (batched obs -> actions)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a --policy that is a stable-baselines3 zip only: loading it runs any code it "
+                   "contains; only for files you made or trust")
     p.add_argument("--seed", type=int, default=0, help="episode k is reset with seed + k")
     p.add_argument("--out", required=True, help="store path or fsspec URL")
     p.add_argument("--num-envs", type=int, default=1, help="env copies stepped side by side")

@@ -1,4 +1,4 @@
-"""Behaviour policies named on a command line: `random`, a stable-baselines3 zip, or `module:function`.
+"""Behaviour policies named on a command line: `random`, a policy file, or `module:function`.
 
 Every policy maps a batch of observations (batch, *obs_shape) to a batch of actions
 (batch, *action_shape), as numpy arrays.
@@ -14,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from data_pipeline.hooks import import_function
-from policies.files import check_action_space, load_sb3, read_policy_info
+from policies.files import check_action_space, is_policy_file, load_sb3, read_policy_info
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """A batched policy: observations (B, *obs_shape) -> actions (B, *action_shape)."""
@@ -37,8 +37,12 @@ def deterministic_policy(agent: Agent) -> Policy:
     return sb3_policy
 
 
-def make_policy(spec: str, action_space: spaces.Space, seed: int | None = None) -> Policy:
-    """Build a batched policy from `random`, a path to an SB3 `.zip` (with its JSON), or `module:function`."""
+def make_policy(spec: str, action_space: spaces.Space, seed: int | None = None, trust_pickle: bool = False) -> Policy:
+    """Build a batched policy from `random`, a policy file (`policy.zip`, `.json` or `.safetensors`: see
+    `policies.files`), or `module:function` (a hook the user names, imported and run as code).
+
+    A policy file is rebuilt from its JSON and weights; a bare SB3 zip is loaded only with `trust_pickle`.
+    """
     if spec == "random":
         space = action_space
         space.seed(seed)
@@ -47,11 +51,11 @@ def make_policy(spec: str, action_space: spaces.Space, seed: int | None = None) 
             return np.stack([np.asarray(space.sample()) for _ in range(len(obs))])
 
         return random_policy
-    if spec.endswith(".zip"):
+    if is_policy_file(spec):
         if not Path(spec).exists():
             raise FileNotFoundError(f"policy {spec!r}: no such file")
         check_action_space(spec, read_policy_info(spec), action_space)
-        return deterministic_policy(load_sb3(spec))
+        return deterministic_policy(load_sb3(spec, trust_pickle=trust_pickle))
     func = import_function(spec)
 
     def function_policy(obs: np.ndarray) -> np.ndarray:

@@ -11,8 +11,10 @@ steps used (the store's transitions, random-policy data included). Everything is
 the policy (zip + JSON) is an artifact and a Model Registry entry. Ends by printing `policy: PATH`,
 `policy_uri: …`, `real_return: …`, `real_steps: …`.
 
-`--resume` continues a killed run from its last checkpoint in `out_dir` (agent, replay buffer,
-iteration, model).
+`out_dir` must be new or empty; nothing in it is ever deleted. `--resume` continues a killed run from
+its last checkpoint in `out_dir` (agent, replay buffer, iteration, model). `--trust-pickle` lets it
+resume from a checkpoint written before the safe policy format (a stable-baselines3 zip and a pickled
+replay buffer): loading those runs any code they contain (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config (keys of PolicyConfig)")
     parser.add_class_arguments(PolicyConfig, as_group=False)
     parser.add_argument("--resume", action="store_true", help="continue a killed run from out_dir's checkpoint")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow --resume from an old checkpoint (SB3 zip, pickled replay buffer): loading it "
+                        "runs any code it contains; only for files you made or trust")
     return parser
 
 
@@ -43,9 +48,10 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     parser = build_parser()
     ns = parser.parse_args(argv)
     resume = bool(ns.pop("resume"))
+    trust_pickle = bool(ns.pop("trust_pickle"))
     ns.pop("config", None)
     cfg = validate_spec(PolicyConfig, ns.as_dict(), "train.py policy")
-    outputs = train_policy(cfg, resume=resume)
+    outputs = train_policy(cfg, resume=resume, trust_pickle=trust_pickle)
     for key in OUTPUT_KEYS:
         print(f"{key}: {outputs[key]}")
     return outputs

@@ -12,21 +12,26 @@ and a Model Registry entry.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from data_pipeline.store import TrajectoryStore
 from policies.behaviour import make_policy
-from policies.checkpoint import IterationCheckpoint, LoopState
+from policies.checkpoint import (
+    IterationCheckpoint,
+    LoopState,
+    check_agent_loadable,
+    check_out_dir,
+    load_agent,
+    save_agent,
+)
 from policies.config import PolicyConfig
 from policies.evaluation import model_return, real_return
-from policies.files import info_path, load_sb3, save_sb3
+from policies.files import info_path, load_sb3, save_sb3, weights_path
 from policies.refit import refit
 
 REAL_EVAL_SEED = 10_000  # real evaluation episodes never share a seed with collected ones
@@ -46,8 +51,13 @@ def make_agent(cfg: PolicyConfig, venv: Any) -> BaseAlgorithm:
     return algo("MlpPolicy", venv, seed=cfg.seed, verbose=0, **cfg.hyperparameters)
 
 
-def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
-    """Run the (model-based) policy training loop; return the outputs `train.py policy` prints."""
+def train_policy(cfg: PolicyConfig, resume: bool = False, trust_pickle: bool = False) -> dict[str, str]:
+    """Run the (model-based) policy training loop; return the outputs `train.py policy` prints.
+
+    `out_dir` must be new or empty, or (with `resume`) hold the run to continue; it never holds the model.
+    `trust_pickle` lets `resume` load a checkpoint written before the safe format (an SB3 zip and a pickled
+    replay buffer), which runs any code those files contain.
+    """
     from data_pipeline.record import record
     from envs.sb3 import make_sb3_env
     from tracking.lineage import lineage_tags
@@ -61,11 +71,13 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
         raise ValueError("policy: iterations > 1 collects real data and needs real_env (a Gymnasium id)")
     out = Path(cfg.out_dir)
     state_file = out / "state.json"
-    state = LoopState(model=str(resolve_model_file(cfg.model)))
+    model_file = resolve_model_file(cfg.model)
+    check_out_dir(out, [Path(cfg.model), model_file], resume)  # before anything is written
+    state = LoopState(model=str(model_file))
+    agent_file = out / "agent.zip"
     if resume and state_file.exists():
+        check_agent_loadable(agent_file, trust_pickle)
         state = LoopState.load(state_file)
-    elif out.exists() and not resume:
-        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
     tracker = BufferedMLflowLogger(
@@ -77,27 +89,21 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
         tracker.log_hyperparams({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in cfg.model_dump().items()})
 
     agent: BaseAlgorithm | None = None
-    agent_file = out / "agent.zip"
-    buffer_file = out / "replay_buffer.pkl"
     final_return = float("nan")
     for iteration in range(state.iteration, cfg.iterations):
         t0 = time.time()
         venv = make_sb3_env(state.model, cfg.store, num_envs=cfg.num_envs, seed=cfg.seed + iteration,
                             reward_fn=cfg.reward_fn, termination_fn=cfg.termination_fn,
                             uncertainty_penalty=cfg.uncertainty_penalty, max_episode_steps=cfg.rollout_horizon)
-        if agent is None and resume and agent_file.exists():
-            agent = load_sb3(agent_file)
-            agent.set_env(venv)
-            if buffer_file.exists() and isinstance(agent, OffPolicyAlgorithm):
-                agent.load_replay_buffer(buffer_file)
+        if agent is None and resume and info_path(agent_file).exists():
+            agent = load_agent(agent_file, venv, trust_pickle=trust_pickle)
         elif agent is None:
             agent = make_agent(cfg, venv)
         else:
             agent.set_env(venv)
         done_steps = state.iteration_steps if resume else 0
         remaining = max(cfg.timesteps - done_steps, 0)
-        checkpoint = IterationCheckpoint(cfg.checkpoint_every, agent_file, buffer_file, state, state_file,
-                                         iteration, done_steps)
+        checkpoint = IterationCheckpoint(cfg.checkpoint_every, agent_file, state, state_file, iteration, done_steps)
         if remaining:
             agent.learn(remaining, reset_num_timesteps=False, callback=[checkpoint])
         resume = False
@@ -118,7 +124,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
         state.curve.append({"iteration": iteration, **metrics})
         print(f"[policy] iteration {iteration}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()), flush=True)
         venv.close()
-        save_sb3(agent, agent_file)
+        save_agent(agent, agent_file)
 
         if cfg.real_env and iteration < cfg.iterations - 1:
             # Collect real data with the current policy, then refit the model on the grown store.
@@ -131,7 +137,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
         state.save(state_file)
 
     if agent is None:  # every iteration was already done: the run finished before it was resumed
-        agent = load_sb3(agent_file)
+        agent = load_sb3(agent_file, trust_pickle=trust_pickle)
     policy_path = save_sb3(agent, out / "policy.zip")
     (out / "learning_curve.json").write_text(json.dumps(state.curve, indent=1))
     policy_uri = publish(policy_path, out / "learning_curve.json", tracker.run_id, cfg.registered_policy_name)
@@ -141,8 +147,8 @@ def train_policy(cfg: PolicyConfig, resume: bool = False) -> dict[str, str]:
 
 
 def publish(policy_path: Path, curve_path: Path, run_id: str, registered_name: str) -> str:
-    """Log the policy (zip + JSON), its learning curve and a pyfunc model to the MLflow run; register it
-    as `registered_name` unless that is empty. Returns the policy's model URI."""
+    """Log the policy (zip, weights, JSON), its learning curve and a pyfunc model (weights and JSON only) to
+    the MLflow run; register it as `registered_name` unless that is empty. Returns the policy's model URI."""
     import mlflow
 
     from tracking.logger import tracking_uri
@@ -150,13 +156,14 @@ def publish(policy_path: Path, curve_path: Path, run_id: str, registered_name: s
     mlflow.set_tracking_uri(tracking_uri())
     with mlflow.start_run(run_id=run_id):
         mlflow.log_artifact(str(policy_path), artifact_path="policy")
+        mlflow.log_artifact(str(weights_path(policy_path)), artifact_path="policy")
         mlflow.log_artifact(str(info_path(policy_path)), artifact_path="policy")
         mlflow.log_artifact(str(curve_path), artifact_path="policy")
         info = mlflow.pyfunc.log_model(
             name="policy_model",
             python_model=str(Path(__file__).with_name("pyfunc.py")),
-            artifacts={"policy": str(policy_path), "policy_info": str(info_path(policy_path))},
-            pip_requirements=["stable-baselines3", "torch==2.13.0", "numpy"],
+            artifacts={"policy_weights": str(weights_path(policy_path)), "policy_info": str(info_path(policy_path))},
+            pip_requirements=["stable-baselines3", "torch==2.13.0", "numpy", "safetensors"],
             registered_model_name=registered_name or None,
         )
     if registered_name and info.registered_model_version is not None:

@@ -1,7 +1,9 @@
-"""MLflow pyfunc flavour of a stable-baselines3 policy (logged as "models from code").
+"""MLflow pyfunc flavour of a twinworld policy (logged as "models from code").
 
 Input: observations (B, *obs_shape) as an array; output: deterministic actions (B, *action_shape).
-The artifacts are the policy zip (`policy`) and its JSON (`policy_info`), which names the algorithm.
+The artifacts are the policy's JSON (`policy_info`, naming the algorithm, hyperparameters and spaces)
+and its weights (`policy_weights`, safetensors): the agent is rebuilt from them and nothing is
+unpickled. A model logged before the safe format (a zip only, artifact `policy`) is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ class PolicyPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         from policies.files import load_sb3
 
-        self.agent = load_sb3(context.artifacts["policy"], info_file=context.artifacts["policy_info"])
+        artifacts = context.artifacts
+        info, weights = artifacts["policy_info"], artifacts.get("policy_weights")
+        self.agent = load_sb3(artifacts.get("policy", info), info_file=info, weights_file=weights)
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         obs = np.asarray(model_input, dtype=np.float32)

@@ -77,3 +77,34 @@ def test_real_return_takes_agents_and_batched_policies(cartpole_agents: dict[str
         returns.append(total)
     random_policy = make_policy("random", gym.make("Pendulum-v1").action_space, seed=1000)
     assert real_return(random_policy, "Pendulum-v1", 2, seed=1000) == pytest.approx(float(np.mean(returns)), abs=0)
+
+
+def test_agent_checkpoint_round_trips_training_state(tmp_path: Path) -> None:
+    """save_agent / load_agent: weights, optimizer states, SAC's entropy coefficient, counters and the replay
+    buffer come back (no pickle: safetensors, weights_only torch, npz)."""
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from policies.checkpoint import buffer_path, load_agent, save_agent, train_state_path
+
+    agent = SAC("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), seed=0, device="cpu", buffer_size=200,
+                learning_starts=16, batch_size=8, policy_kwargs={"net_arch": [8]})
+    agent.learn(40)
+    path = tmp_path / "agent.zip"
+    save_agent(agent, path)
+    assert buffer_path(path).exists() and train_state_path(path).exists()
+    back = load_agent(path, make_vec_env("Pendulum-v1", n_envs=2, seed=1))
+    assert isinstance(back, SAC) and back.replay_buffer is not None and agent.replay_buffer is not None
+    assert back.num_timesteps == agent.num_timesteps and back._n_updates == agent._n_updates
+    assert back.replay_buffer.pos == agent.replay_buffer.pos
+    np.testing.assert_array_equal(back.replay_buffer.observations, agent.replay_buffer.observations)
+    np.testing.assert_array_equal(back.replay_buffer.rewards, agent.replay_buffer.rewards)
+    assert back.log_ent_coef is not None and agent.log_ent_coef is not None
+    assert torch.equal(back.log_ent_coef, agent.log_ent_coef)
+    for name in ("actor.optimizer", "critic.optimizer", "ent_coef_optimizer"):
+        a, b = agent.get_parameters()[name]["state"], back.get_parameters()[name]["state"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
+    obs = np.zeros((3, 3), np.float32)
+    np.testing.assert_array_equal(back.predict(obs, deterministic=True)[0], agent.predict(obs, deterministic=True)[0])
+    back.learn(8, reset_num_timesteps=False)  # and it trains on
