@@ -42,13 +42,12 @@ def _behaviour_policy(spec: str, env_id: str, seed: int, trust_pickle: bool = Fa
 def _cmd_record(args: argparse.Namespace) -> int:
     from data_pipeline.record import RecordInterrupted, record
 
-<<<<<<< HEAD
     try:
         store = record(
             args.env,
             args.episodes,
             args.out,
-            policy=_behaviour_policy(args.policy, args.env, args.seed),
+            policy=_behaviour_policy(args.policy, args.env, args.seed, args.trust_pickle),
             seed=args.seed,
             num_envs=args.num_envs,
             image_size=args.image_size,
@@ -64,21 +63,6 @@ def _cmd_record(args: argparse.Namespace) -> int:
         print(f"steps: {stop.steps}")
         print(f"interrupted: {stop}", file=sys.stderr)
         return 128 + stop.signum
-=======
-    store = record(
-        args.env,
-        args.episodes,
-        args.out,
-        policy=_behaviour_policy(args.policy, args.env, args.seed, args.trust_pickle),
-        seed=args.seed,
-        num_envs=args.num_envs,
-        image_size=args.image_size,
-        max_episode_steps=args.max_episode_steps,
-        overwrite=args.overwrite,
-        append=args.append,
-        progress=not args.no_progress,
-    )
->>>>>>> t-policies
     print(f"store: {args.out}")
     print(f"episodes: {store.num_episodes}")
     print(f"steps: {store.num_steps}")
