@@ -13,7 +13,8 @@ import zarr
 
 from data_pipeline.schema import DISCRETE_FILL, EPISODE_VARS, SCHEMA_VERSION, STEP_VARS, StoreSchema
 from data_pipeline.store.codecs import compressors
-from data_pipeline.store.paths import local_path, zarr_path
+from data_pipeline.store.overwrite import check_output
+from data_pipeline.store.paths import zarr_path
 from data_pipeline.validate import DataValidationError
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # ≥ 1 MiB per chunk along `step` (contract 1)
@@ -42,11 +43,10 @@ LONG_NAMES = {
 
 def create_store_group(path: str, schema: StoreSchema, chunk_steps: int, *, overwrite: bool,
                        storage_options: dict[str, Any] | None) -> zarr.Group:
-    """The root group of a new, empty store; an existing local directory is replaced only with `overwrite`."""
-    local = local_path(path)
-    if local is not None and local.exists() and any(local.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) or choose another path")
-    group = zarr.open_group(zarr_path(path), mode="w" if overwrite else "w-", zarr_format=3,
+    """The root group of a new, empty store; only a trajectory store is replaced, and only with `overwrite`
+    (data_pipeline/store/overwrite.py)."""
+    replace = check_output(path, "trajectory", overwrite=overwrite, storage_options=storage_options)
+    group = zarr.open_group(zarr_path(path), mode="w" if replace else "w-", zarr_format=3,
                             storage_options=storage_options)
     create_arrays(group, schema, chunk_steps)
     return group
