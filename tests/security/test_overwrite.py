@@ -26,6 +26,7 @@ import torch
 import zarr
 from conftest import REPO, make_tiny_episodes, make_tiny_schema, subprocess_env
 
+from data_pipeline.errors import UserError
 from data_pipeline.ingest import ingest_file
 from data_pipeline.record import record
 from data_pipeline.store import OutputExistsError, TrajectoryStore
@@ -277,3 +278,33 @@ def test_generate_out_equal_to_store_is_refused(world: World, tmp_path: Path, mo
         generate(world.spec, world.model, TrajectoryStore.open(str(store)), out, attrs={}, overwrite=True,
                  progress=False)
     assert digest(tmp_path) == before
+
+
+# ------------------------------------------------------------------ demo.py --out
+@pytest.mark.parametrize("case", ["user_files", "file", "symlink_to_dir"])
+def test_demo_refuses_an_out_that_is_no_demo_output(tmp_path: Path, case: str) -> None:
+    """demo.py used to `rmtree(--out)` first; now a folder without its marker is refused before anything runs."""
+    import demo
+
+    area = tmp_path / "area"
+    area.mkdir()
+    out = make_victim(case, "trajectory", area)
+    before = digest(area)
+    with pytest.raises(UserError, match=re.escape(f"--out {out} is ")) as err:
+        demo.main(["--quick", "--out", str(out)])
+    assert {"user_files": "no earlier demo output", "file": "is a file", "symlink_to_dir": "symbolic link"}[case] \
+        in str(err.value)
+    assert digest(area) == before
+
+
+def test_demo_replaces_only_its_own_outputs(tmp_path: Path) -> None:
+    import demo
+
+    out = tmp_path / "demo_out"
+    demo.prepare_out(out)  # a new folder gets the marker
+    assert (out / demo.MARKER).is_file()
+    user_files(out / "runs")  # the demo's own outputs (whatever they hold) ...
+    (out / "scenarios.summary.csv").write_text("old")
+    (out / "my_notes.txt").write_text("mine")  # ... and a file the user put beside them
+    demo.prepare_out(out)
+    assert sorted(p.name for p in out.iterdir()) == [demo.MARKER, "my_notes.txt"]
