@@ -2,6 +2,9 @@
 
     python demo.py [--out demo_out] [--quick]
 
+--out must be missing, empty or an earlier demo output (marked by its `.twinworld-demo` file); there the
+demo replaces only what it wrote itself.
+
 1. record a small Pendulum-v1 store with a random policy;
 2. fit the ensemble world model on it (train.py fit);
 3. generate a counterfactual scenario set with its fan-chart plot (generate.py);
@@ -15,6 +18,7 @@ MLflow (`mlflow ui --backend-store-uri sqlite:///mlflow.db` to look).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +26,8 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+
+from data_pipeline.errors import UserError, run_cli
 
 
 def run(cmd: list[str]) -> dict[str, str]:
@@ -49,15 +55,46 @@ def random_return(episodes: int = 20, seed: int = 1000) -> float:
     return real_return(policy, "Pendulum-v1", episodes, seed=seed)
 
 
+MARKER = ".twinworld-demo"
+"""The file that marks a folder as a demo's output, so that the next run may replace what the demo wrote."""
+OUTPUTS = ("pendulum.zarr", "runs", "scenarios.zarr", "scenarios.summary.csv", "scenarios.calibration.csv",
+           "plots", "policy")
+"""What the demo writes into --out (and so all it ever removes there)."""
+
+
+def prepare_out(out: Path) -> None:
+    """Make `out` ready for a run: created if missing or empty; in a previous demo's output (its MARKER file)
+    only the demo's own OUTPUTS are removed, other files stay; anything else is refused (nothing deleted)."""
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link (to {os.readlink(out)}); name a real folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            names = sorted(p.name for p in out.iterdir())
+            shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+            raise UserError(f"--out {out} is not empty ({len(names)} entries: {shown}) and is no earlier demo output "
+                            f"(it has no {MARKER} file); nothing was deleted: choose another --out or remove it "
+                            "yourself")
+        for name in OUTPUTS:
+            path = out / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by demo.py: the next `demo.py --out` here replaces the demo's own "
+                              f"outputs ({', '.join(OUTPUTS)}) and leaves other files alone\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out", help="folder for the store, scenarios and plots")
+    parser.add_argument("--out", default="demo_out",
+                        help="folder for the store, scenarios and plots: missing, empty or an earlier demo output")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (for the test suite)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    prepare_out(out)
     py = sys.executable
     t0 = time.time()
     store = str(out / "pendulum.zarr")
@@ -107,4 +144,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "demo.py"))

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from data_pipeline.store import TrajectoryStore
+from data_pipeline.store.overwrite import check_not_an_input
 from scenarios import (
     ScenarioSpecError,
     block_seed,
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes (on a cluster, e.g. under SLURM)")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu, cuda, mps or auto (Lightning names)")
     parser.add_argument("--seed", type=int, default=None, help="override the spec's seed")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out scenario store (nothing else is ever replaced)")
     parser.add_argument("--experiment", default="twinworld", help="MLflow experiment name")
     parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow tracking (no run_id)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,6 +81,7 @@ def single_device(accelerator: str) -> torch.device:
 def main(argv: list[str] | None = None) -> dict[str, str]:
     """Run the command line; returns the printed `key: value` results (on rank 0)."""
     args = parse_args(argv)
+    check_not_an_input(args.out, {"--store": args.store})  # before a model is loaded or a file written
     spec = load_spec(args.config)
     if args.seed is not None:
         spec = spec.with_seed(args.seed)

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None,
                    help="record the env's rendering resized to SIZE x SIZE RGB as the observation")
     p.add_argument("--max-episode-steps", type=int, default=None, help="override the env's time limit")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing twinworld trajectory store at --out (anything else there is refused)")
     p.add_argument("--append", action="store_true", help="append to an existing store (schema must match)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--commit-interval", type=float, default=10.0,
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="input file(s) (a glob is allowed) or, for minari, a dataset id")
     p.add_argument("--spec", default=None, help="YAML spec mapping columns to channels (csv, parquet)")
     p.add_argument("--out", required=True, help="store path or fsspec URL")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing twinworld trajectory store at --out (anything else there is refused)")
     p.add_argument("--append", action="store_true", help="append to an existing store (schema must match)")
     p.set_defaults(func=_cmd_ingest)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_pipeline.store import TrajectoryStore
+from data_pipeline.store.lock import acquire_writer_lock, release_writer_lock
+from data_pipeline.store.overwrite import check_not_an_input, check_output
 from scenarios.rollout import ScenarioRunner
 from scenarios.spec import ScenarioSpec
 from scenarios.starts import StartPoint, resolve_starts
@@ -54,8 +56,33 @@ def generate(
 ) -> ScenarioIndex:
     """Write the scenario store at `out`; this rank imagines its contiguous share of the blocks.
 
-    Rank 0 creates the store; every rank must call this (it synchronizes with `barrier`).
+    Rank 0 creates the store and holds its writer lock to the end; every rank must call this (it
+    synchronizes with `barrier`). `out` may not be (or hold, or lie inside) the source store, and
+    `overwrite` replaces only a scenario store (data_pipeline/store/overwrite.py).
     """
+    check_not_an_input(out, {"--store": store.path})
+    lock = acquire_writer_lock(str(out)) if rank == 0 else None
+    try:
+        return _write_scenarios(spec, model, store, out, attrs=attrs, rank=rank, world_size=world_size,
+                                barrier=barrier, overwrite=overwrite, progress=progress)
+    finally:
+        release_writer_lock(lock)
+
+
+def _write_scenarios(
+    spec: ScenarioSpec,
+    model: WorldModel,
+    store: TrajectoryStore,
+    out: str | Path,
+    *,
+    attrs: dict[str, object],
+    rank: int,
+    world_size: int,
+    barrier: Callable[[], None],
+    overwrite: bool,
+    progress: bool,
+) -> ScenarioIndex:
+    """The body of `generate`, with the writer lock held on rank 0."""
     spec.check(store.schema)
     ours, theirs = store.schema, model.schema
     if (ours.obs_channels, ours.action_channels) != (theirs.obs_channels, theirs.action_channels):
@@ -64,10 +91,8 @@ def generate(
     points = resolve_starts(spec, store)
     index = scenario_index(spec, points)
     blocks = block_ranges(len(index), spec.block_scenarios)
-    exists = Path(out).exists() and not overwrite
+    check_output(out, "scenario", overwrite=overwrite)
     barrier()  # every rank has looked at `out` before rank 0 creates it
-    if exists:
-        raise FileExistsError(f"{out} already exists; pass --overwrite or choose another --out")
     if rank == 0:
         attrs = {"store": str(store.path), "store_fingerprint": store.fingerprint(), **attrs,
                  "obs_std": [float(x) for x in model.normalization.obs_std], "spec": spec.text,

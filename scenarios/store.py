@@ -11,7 +11,8 @@ Layout (read with `xarray.open_zarr(path)`; docs/scenarios.md):
     start_obs    (scenario, obs_channel)                    observation at the start (after sensor offsets)
     coordinates  scenario, start, intervention, start_episode (position), start_episode_id, start_t,
                  start_time (ns), sample, time (steps 1..H), time_s, obs_channel, action_channel, units
-    attrs        model, model_type, store, store_fingerprint, spec (YAML), seed, horizon, samples, ...
+    attrs        title ("twinworld scenario store"), layout_version, model, model_type, store, store_fingerprint,
+                 spec (YAML), seed, horizon, samples, ...
 
 `start_episode` is the position in the source store's episode table, as in the env's reset info;
 `start_episode_id` is the episode's id. Time step k holds the state after k imagined steps from the
@@ -30,6 +31,8 @@ import zarr
 
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store.codecs import compressors, consolidate
+from data_pipeline.store.overwrite import TITLES, check_output
+from data_pipeline.store.paths import zarr_path
 
 LAYOUT_VERSION = "1.1"
 """1.1: `start_episode` is the episode's position (1.0: its id, with the position in `start_episode_index`)."""
@@ -105,11 +108,14 @@ def create_scenario_store(
     attrs: dict[str, Any],
     overwrite: bool = False,
 ) -> None:
-    """Create the empty store (arrays filled with NaN) with its coordinates and attrs."""
+    """Create the empty store (arrays filled with NaN) with its coordinates and attrs.
+
+    Only a scenario store is replaced, and only with `overwrite` (data_pipeline/store/overwrite.py); the
+    caller holds the store's writer lock (scenarios.run.generate does).
+    """
     path = str(path)
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite or choose another --out")
-    group = zarr.open_group(path, mode="w", zarr_format=3)
+    replace = check_output(path, "scenario", overwrite=overwrite)
+    group = zarr.open_group(zarr_path(path), mode="w" if replace else "w-", zarr_format=3)
     n, d, a = len(index), schema.obs_dim, schema.action_dim
     codecs = compressors(1)
     coord_names = " ".join([*_SCENARIO_COORDS, "time_s", "obs_unit", "action_unit"])
@@ -146,7 +152,7 @@ def create_scenario_store(
     coord("action_channel", "action_channel", schema.action_channels, str)
     coord("action_unit", "action_channel", schema.action_units, str)
     group.attrs.update({"layout_version": LAYOUT_VERSION, "complete": False, "dt": schema.dt,
-                        "block_scenarios": block, **attrs})
+                        "block_scenarios": block, **attrs, "title": TITLES["scenario"]})
 
 
 class ScenarioWriter:

@@ -16,7 +16,7 @@ import zarr
 
 from data_pipeline.store.codecs import compressors, consolidate
 from data_pipeline.store.lock import acquire_writer_lock, release_writer_lock
-from data_pipeline.store.paths import is_url
+from data_pipeline.store.paths import local_path
 from twin.anomaly import ScoreStep
 
 
@@ -36,7 +36,8 @@ class ScoreStore:
     def __init__(self, path: str, obs_channels: list[str], attrs: dict[str, Any]) -> None:
         self.path = path
         self._lock = acquire_writer_lock(path)
-        exists = not is_url(path) and os.path.exists(os.path.join(path, "zarr.json"))
+        local = local_path(path)
+        exists = local is not None and os.path.exists(os.path.join(local, "zarr.json"))
         if exists:
             self.group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
             stored = [str(c) for c in np.asarray(self._array("obs_channel")[:])]

@@ -9,8 +9,9 @@
 | `reader` | rows with damage detection (missing chunk, checksum), the committed part as xarray, the fingerprint |
 | `damage` | every damaged metadata file and chunk of a store, listed (`validate`) |
 | `episode_writer` | `EpisodeWriter`: one episode written row by row (live sources) |
-| `paths` | the local-path test, the lock file's name |
+| `paths` | the local-path test (file:// and local:// are local), a store's real location, the lock file's name |
 | `lock` | the one-writer lock (`filelock`) |
+| `overwrite` | what a writer may replace: only a twinworld store of the same kind, and only with `--overwrite` |
 | `codecs` | Zarr compressors and metadata consolidation |
 | `files` | the atomic file write |
 """
@@ -18,10 +19,11 @@
 from data_pipeline.store.episode_writer import EpisodeWriter
 from data_pipeline.store.layout import CHANNEL_COORDS
 from data_pipeline.store.lock import StoreLockedError
+from data_pipeline.store.overwrite import OutputExistsError, check_output
 from data_pipeline.store.paths import lock_path_of
 from data_pipeline.store.reader import StoreCorruptionError
 from data_pipeline.store.table import TableRow, episode_index
 from data_pipeline.store.trajectory import TrajectoryStore
 
-__all__ = ["CHANNEL_COORDS", "EpisodeWriter", "StoreCorruptionError", "StoreLockedError",
-           "TableRow", "TrajectoryStore", "episode_index", "lock_path_of"]
+__all__ = ["CHANNEL_COORDS", "EpisodeWriter", "OutputExistsError", "StoreCorruptionError", "StoreLockedError",
+           "TableRow", "TrajectoryStore", "check_output", "episode_index", "lock_path_of"]

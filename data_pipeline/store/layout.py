@@ -22,7 +22,8 @@ from zarr.errors import GroupNotFoundError
 from data_pipeline.errors import UserError
 from data_pipeline.schema import DISCRETE_FILL, EPISODE_VARS, SCHEMA_VERSION, STEP_VARS, StoreSchema
 from data_pipeline.store.codecs import compressors
-from data_pipeline.store.paths import local_path, zarr_path
+from data_pipeline.store.overwrite import check_output
+from data_pipeline.store.paths import zarr_path
 from data_pipeline.validate import DataValidationError
 
 TITLE = "twinworld trajectory store"
@@ -63,14 +64,16 @@ LONG_NAMES = {
 
 def create_store_group(path: str, schema: StoreSchema, chunk_steps: int, *, overwrite: bool,
                        storage_options: dict[str, Any] | None) -> zarr.Group:
-    """The root group of a new, empty store; an existing local directory is replaced only with `overwrite`."""
+    """The root group of a new, empty store. Only a trajectory store is replaced, and only with
+    `overwrite` (data_pipeline/store/overwrite.py); a twinworld store whose creation did not finish (no
+    data) is finished without it."""
     local = local_path(path)
-    if local is not None and local.exists() and any(local.iterdir()) and not overwrite:
-        if not unfinished_store(local):
-            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) or choose another path")
-        overwrite = True  # a twinworld store whose creation did not finish, holding no data: finish it
+    if local is not None and local.is_dir() and not local.is_symlink() and unfinished_store(local):
+        replace = True
+    else:
+        replace = check_output(path, "trajectory", overwrite=overwrite, storage_options=storage_options)
     # The group's attrs go into its first write, so a store cut short is still recognizably ours.
-    group = zarr.open_group(zarr_path(path), mode="w" if overwrite else "w-", zarr_format=3,
+    group = zarr.open_group(zarr_path(path), mode="w" if replace else "w-", zarr_format=3,
                             storage_options=storage_options, attributes=store_attrs(schema, chunk_steps))
     create_arrays(group, schema, chunk_steps)
     return group

@@ -20,7 +20,7 @@ from typing import Any
 
 from data_pipeline.ingest import ChannelRanges, IngestSpec, file_sha256
 from data_pipeline.store import TrajectoryStore
-from data_pipeline.store.paths import is_url
+from data_pipeline.store.paths import local_path
 from data_pipeline.stream.config import StreamConfig
 from data_pipeline.stream.messages import StreamDataError, decode
 from data_pipeline.stream.reorder import ReorderBuffer
@@ -156,7 +156,7 @@ def open_or_create(out: str, spec: IngestSpec, spec_path: str, source: str) -> T
     if spec.reward is None:
         provenance["reward"] = "no reward column in the spec: reward stored as 0"
     schema = spec.schema(provenance)
-    local = None if is_url(out) else out
+    local = local_path(out)
     if local is None or (os.path.exists(os.path.join(local, "zarr.json"))):
         try:
             store = TrajectoryStore.open(out, mode="a")
