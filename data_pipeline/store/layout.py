@@ -23,7 +23,7 @@ from data_pipeline.errors import UserError
 from data_pipeline.schema import DISCRETE_FILL, EPISODE_VARS, SCHEMA_VERSION, STEP_VARS, StoreSchema
 from data_pipeline.store.codecs import compressors
 from data_pipeline.store.overwrite import check_output
-from data_pipeline.store.paths import zarr_path
+from data_pipeline.store.paths import local_path, zarr_path
 from data_pipeline.validate import DataValidationError
 
 TITLE = "twinworld trajectory store"
