@@ -114,12 +114,15 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from data_pipeline.stream import StreamConfig, stream
 
     config = StreamConfig(reorder_window=args.reorder_window, commit_seconds=args.commit_interval,
-                          commit_rows=args.commit_rows, seq_field=args.seq_field)
+                          commit_rows=args.commit_rows, seq_field=args.seq_field, max_skew=args.max_skew,
+                          max_message_bytes=args.max_message_bytes)
     stats = stream(args.source, args.spec, args.out, config, status_every=args.status_every)
     print(f"store: {args.out}")
     print(f"episodes: {stats.committed_episodes}")
     print(f"committed_steps: {stats.committed_steps}")
     print(f"late: {stats.late}")
+    print(f"skewed: {stats.skewed}")
+    print(f"jumps: {stats.jumps}")
     print(f"duplicates: {stats.duplicates}")
     print(f"rejected: {stats.rejected}")
     return 0
@@ -187,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock seconds between segment commits; 0: only at gaps and at shutdown (default 10)")
     p.add_argument("--commit-rows", type=int, default=0, help="also commit a segment once it has this many rows")
     p.add_argument("--seq-field", default="seq", help="JSON key of the message sequence number (duplicates)")
+    p.add_argument("--max-skew", type=float, default=None,
+                   help="seconds a sample's time may be from the stream's newest before it is held as a possible "
+                   "clock glitch (refused, or a clock jump if the next samples agree); default: 10 x the spec's "
+                   "longest max_gap, at least 2 x --reorder-window")
+    p.add_argument("--max-message-bytes", type=int, default=1 << 20,
+                   help="largest message in bytes; a longer one is refused (default 1 MiB)")
     p.add_argument("--status-every", type=float, default=1.0, help="seconds between status lines; 0: none")
     p.set_defaults(func=_cmd_stream)
 

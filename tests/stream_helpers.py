@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 
 from data_pipeline.store import TrajectoryStore
 
@@ -55,6 +56,22 @@ def committed_steps(path: str) -> int:
             return store.num_steps
     except (FileNotFoundError, KeyError, ValueError):
         return 0
+
+
+def stored_series(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+    """Committed segments joined back into one series (a continuing segment repeats the previous last row)."""
+    with TrajectoryStore.open(path) as store:
+        table = store.episodes()
+        obs, action, time_ns = [], [], []
+        for i in range(store.num_episodes):
+            ep = store.read_episode(i)
+            skip = 1 if time_ns and ep.time[0] == time_ns[-1][-1] else 0
+            if skip:
+                action[-1][-1] = ep.action[0]  # the shared row: its action is the continuing segment's
+            obs.append(ep.obs[skip:])
+            action.append(ep.action[skip:].copy())
+            time_ns.append(ep.time[skip:])
+    return np.concatenate(obs), np.concatenate(action), np.concatenate(time_ns), table
 
 
 def free_port() -> int:

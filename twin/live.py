@@ -95,7 +95,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
             mlflow_log.log(mirror, stats, _time.monotonic(), force=True)
         return {"store": args.store, "scores": scores_path, "steps": mirror.stats.steps,
                 "committed_steps": stats.committed_steps, "alerts": mirror.stats.alerts,
-                "late": stats.late, "duplicates": stats.duplicates, "rejected": stats.rejected,
+                "late": stats.late, "skewed": stats.skewed, "duplicates": stats.duplicates, "rejected": stats.rejected,
                 **({"history": args.history_out} if args.history_out and twin.steps else {}),
                 **({"mlflow_run": mlflow_log.run_id} if mlflow_log is not None else {})}
     finally:

@@ -22,7 +22,9 @@ from data_pipeline.ingest.readings import (
     ChannelRanges,
     ReadingError,
     apply_nan_policy,
+    datetime64_to_ns,
     datetimes_to_ns,
+    expected_time,
     first_true,
     numbers_to_ns,
     refuse_bad_readings,
@@ -89,13 +91,21 @@ def _read_table(path: str, fmt: str, spec: IngestSpec) -> pa.Table:
     return pacsv.read_csv(path, convert_options=convert)
 
 
-def _first_non_numeric(col: pa.ChunkedArray) -> tuple[int, str]:
+_NUMBER_WORDS = ["nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"]
+"""Cells pyarrow reads as NaN / Inf (which pandas' parser also turns into NaN)."""
+
+
+def _non_numeric_at(raw: RawLog, col: pa.ChunkedArray) -> str:
+    """Where a column that should hold numbers first holds text: "'TEXT' at row I (line L)"."""
     text = pd.Series(col.to_numpy(zero_copy_only=False), dtype=object)
-    parsed = pd.to_numeric(text, errors="coerce")
-    bad = parsed.isna().to_numpy() & text.notna().to_numpy()
-    bad &= ~text.astype(str).str.strip().str.lower().isin(["nan", "inf", "-inf", "+inf"]).to_numpy()
-    i = first_true(bad) if bad.any() else 0
-    return i, str(text.iloc[i])
+    words = text.astype(str).str.strip(" \t")
+    bad = pd.to_numeric(text, errors="coerce").isna().to_numpy() & text.notna().to_numpy()
+    bad &= ~words.str.lower().isin(_NUMBER_WORDS).to_numpy()
+    bad |= words.str.contains(r"\s").to_numpy()  # a quoted line break or carriage return inside a number
+    if not bad.any():  # pyarrow refused a cell that pandas reads: name the column, never a wrong row
+        return "text that is not a number in some row"
+    i = first_true(bad)
+    return f"{str(text.iloc[i])!r} at {raw.where(i)}"
 
 
 def _numeric(table: pa.Table, column: str, raw: RawLog, out: np.ndarray) -> np.ndarray:
@@ -104,11 +114,8 @@ def _numeric(table: pa.Table, column: str, raw: RawLog, out: np.ndarray) -> np.n
     if pa.types.is_boolean(col.type):
         col = pc.cast(col, pa.int8())
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type)):
-        i, text = _first_non_numeric(col)
-        raise DataValidationError(
-            f"{raw.path}: column '{column}' holds the non-numeric value {text!r} at {raw.where(i)} "
-            f"(column type {col.type}); expected a number"
-        )
+        raise DataValidationError(f"{raw.path}: column '{column}' holds {_non_numeric_at(raw, col)} (column type "
+                                  f"{col.type}); expected a number")
     if pa.types.is_null(col.type):  # every cell empty
         out[:] = np.nan
         return np.ones(len(col), bool)
@@ -123,10 +130,15 @@ def _timestamps(table: pa.Table, raw: RawLog, spec: IngestSpec) -> np.ndarray:
     nulls = pc.is_null(col).to_numpy(zero_copy_only=False)
     if nulls.any():
         raise DataValidationError(f"{raw.path}: timestamp column '{ts.column}' is empty at "
-                                  f"{raw.where(first_true(nulls))}")
+                                  f"{raw.where(first_true(nulls))}; expected {expected_time(ts)} in every row")
     if ts.unit == "datetime":
-        if pa.types.is_timestamp(col.type):
-            return pc.cast(pc.cast(col, pa.timestamp("ns")), pa.int64()).to_numpy()
+        if pa.types.is_timestamp(col.type):  # UTC instants in the column's unit (s, ms, us or ns)
+            stamps = pc.cast(col, pa.timestamp(col.type.unit)).to_numpy(zero_copy_only=False)
+            try:
+                return datetime64_to_ns(stamps, ts)
+            except ReadingError as err:
+                raise DataValidationError(f"{raw.path}: timestamp column '{ts.column}' is {err.value} at "
+                                          f"{raw.where(err.index)}; expected {err.expected}") from None
         if not pa.types.is_string(col.type):
             raise DataValidationError(
                 f"{raw.path}: timestamp column '{ts.column}' holds {col.type} values ({col[0]} at "
@@ -134,9 +146,9 @@ def _timestamps(table: pa.Table, raw: RawLog, spec: IngestSpec) -> np.ndarray:
                 "timestamp.unit to s, ms, us or ns for numbers"
             )
     elif not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
-        i, text = _first_non_numeric(col) if pa.types.is_string(col.type) else (0, str(col[0]))
+        found = _non_numeric_at(raw, col) if pa.types.is_string(col.type) else f"{str(col[0])!r} at {raw.where(0)}"
         raise DataValidationError(
-            f"{raw.path}: timestamp column '{ts.column}' holds {text!r} at {raw.where(i)}; expected a number "
+            f"{raw.path}: timestamp column '{ts.column}' holds {found}; expected a number "
             f"in {ts.unit} (timestamp.unit), or set timestamp.unit: datetime"
         )
     values = col.to_numpy(zero_copy_only=False)

@@ -10,12 +10,13 @@ the pipeline and the segment layout are described in docs/live-twin.md.
 | module | job |
 | --- | --- |
 | `messages` | `decode`: a message's JSON samples, checked by the ingest's time, range and NaN rules |
+| `skew` | `SkewGuard`: a sample far from the stream's recent time: refused (glitch) or followed (clock jump) |
 | `reorder` | `ReorderBuffer`: samples back into time order; duplicates and late samples dropped |
 | `resampler` | `Resampler`: released samples onto the store's dt grid as `Block`s, split at gaps |
 | `segments` | `SegmentWriter`: rows committed to the store as segment episodes |
-| `config` | `StreamConfig`: buffering and commit settings |
+| `config` | `StreamConfig`: buffering, commit, skew and message-size settings |
 | `pipeline` | `StreamIngest` (decode → reorder → resample → write), `StreamStats`, `open_or_create` |
-| `sources` | where messages come from: `MqttSource`, `StdinSource`, `FileSource`, `make_source` |
+| `sources` | where messages come from: `MqttSource`, `StdinSource`, `FileSource`, `make_source`; `LineSplitter` |
 | `loop` | `run` (stop flag, status line, clean shutdown) and `stream`, the CLI's entry |
 """
 
@@ -26,17 +27,20 @@ from data_pipeline.stream.pipeline import StreamIngest, StreamStats, open_or_cre
 from data_pipeline.stream.reorder import ReorderBuffer
 from data_pipeline.stream.resampler import Block, Resampler
 from data_pipeline.stream.segments import SegmentWriter
-from data_pipeline.stream.sources import END, FileSource, MqttSource, Source, StdinSource, make_source
+from data_pipeline.stream.skew import SkewGuard
+from data_pipeline.stream.sources import END, FileSource, LineSplitter, MqttSource, Source, StdinSource, make_source
 
 __all__ = [
     "END",
     "Block",
     "FileSource",
+    "LineSplitter",
     "MqttSource",
     "ReorderBuffer",
     "Resampler",
     "Sample",
     "SegmentWriter",
+    "SkewGuard",
     "Source",
     "StatusLine",
     "StdinSource",

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data_pipeline.ingest import GROUPS, IngestSpec
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""Default largest message (1 MiB); a longer one is refused, and a source reads no more of it."""
+
 
 @dataclass
 class StreamConfig:
@@ -24,3 +29,16 @@ class StreamConfig:
     """How many recent sample keys are remembered to recognise duplicates."""
     flush_rows: int = 4096
     """Rows of an open segment kept in memory before they are written (uncommitted)."""
+    max_skew: float | None = None
+    """Seconds a sample's time may be from the stream's newest time before it is held as a possible glitch
+    (`SkewGuard`); None: 10 x the spec's longest max_gap, at least 2 x reorder_window."""
+    skew_confirm: int = 3
+    """Far samples at distinct times that, arriving together, confirm a clock jump instead of a glitch."""
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    """Bytes a message may have; a longer one is refused."""
+
+    def max_skew_s(self, spec: IngestSpec) -> float:
+        """`max_skew`, or its default for `spec`."""
+        if self.max_skew is not None:
+            return self.max_skew
+        return max(10 * max(spec.max_gap_of(g) for g in GROUPS), 2 * self.reorder_window)

@@ -72,7 +72,8 @@ def run(source: Source, ingest: StreamIngest, *, on_blocks: Callable[[list[Block
     """Run a stream until its source ends, SIGINT / SIGTERM arrive, or `stop` is set; then commit.
 
     Messages that already arrived are processed before the final commit, so a clean shutdown keeps
-    everything complete. `on_blocks` sees every batch of new rows (after they went to the store).
+    everything complete; the signal handlers stay until that commit is done. `on_blocks` sees every
+    batch of new rows (after they went to the store).
     """
     messages: queue.Queue = queue.Queue()
     flag = _StopFlag()
@@ -81,38 +82,40 @@ def run(source: Source, ingest: StreamIngest, *, on_blocks: Callable[[list[Block
     status = status or ingest.status_line
     handle = on_blocks or (lambda blocks: None)
     try:
-        source.start(messages)
-        print(f"stream: reading {source.name} (SIGINT / SIGTERM commit and stop)", file=sys.stderr, flush=True)
-        last_poll = 0.0
-        ended = False
-        while not (flag.set or ended or (stop is not None and stop.is_set())):
-            deadline = _time.monotonic() + poll_interval
-            while True:  # take what arrived during one poll interval, then resample it together
-                timeout = deadline - _time.monotonic()
-                try:
-                    item = messages.get(timeout=timeout) if timeout > 0 else messages.get_nowait()
-                except queue.Empty:
-                    break
-                if item is END:
-                    ended = True
-                    break
-                ingest.feed(*item)
-            now = _time.monotonic()
-            if now - last_poll >= poll_interval:
-                handle(ingest.poll(now))
-                last_poll = now
-            line.show(status(), now)
-    finally:
-        source.stop()
-        flag.restore()
-    while True:  # what arrived before the source stopped is complete: keep it
         try:
-            item = messages.get_nowait()
-        except queue.Empty:
-            break
-        if item is not END:
-            ingest.feed(*item)
-    handle(ingest.finish())
+            source.start(messages)
+            print(f"stream: reading {source.name} (SIGINT / SIGTERM commit and stop)", file=sys.stderr, flush=True)
+            last_poll = 0.0
+            ended = False
+            while not (flag.set or ended or (stop is not None and stop.is_set())):
+                deadline = _time.monotonic() + poll_interval
+                while True:  # take what arrived during one poll interval, then resample it together
+                    timeout = deadline - _time.monotonic()
+                    try:
+                        item = messages.get(timeout=timeout) if timeout > 0 else messages.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is END:
+                        ended = True
+                        break
+                    ingest.feed(*item)
+                now = _time.monotonic()
+                if now - last_poll >= poll_interval:
+                    handle(ingest.poll(now))
+                    last_poll = now
+                line.show(status(), now)
+        finally:
+            source.stop()
+        while True:  # what arrived before the source stopped is complete: keep it
+            try:
+                item = messages.get_nowait()
+            except queue.Empty:
+                break
+            if item is not END:
+                ingest.feed(*item)
+        handle(ingest.finish())
+    finally:  # a second SIGINT / SIGTERM during the final commit does not cut it short
+        flag.restore()
     line.show(status(), _time.monotonic(), force=True)
     line.close()
     return ingest.stats
@@ -121,14 +124,12 @@ def run(source: Source, ingest: StreamIngest, *, on_blocks: Callable[[list[Block
 def stream(source_url: str, spec_path: str, out: str, config: StreamConfig | None = None,
            status_every: float = 1.0) -> StreamStats:
     """`python -m data_pipeline stream`: mirror a source into the store `out` until it ends or is stopped."""
+    config = config or StreamConfig()
     spec = IngestSpec.from_yaml(spec_path)
-    source = make_source(source_url)
+    source = make_source(source_url, config.max_message_bytes)
     store = open_or_create(out, spec, spec_path, source.name)
     try:
         ingest = StreamIngest(spec, store, source.name, config)
-        stats = run(source, ingest, status_every=status_every)
-        for message in stats.errors[:5]:
-            print(f"rejected: {message}", file=sys.stderr)
-        return stats
+        return run(source, ingest, status_every=status_every)  # refused messages were named as they came
     finally:
         store.close()

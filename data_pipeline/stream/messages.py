@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,46 +50,81 @@ class Sample:
         return ("t", self.episode, self.time_ns, tuple(np.flatnonzero(np.isfinite(self.values)).tolist()))
 
 
+MAX_LABEL = 256
+"""Characters an episode label (`episode_column`) may have: it becomes part of segment ids."""
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value for a message: its repr, cut to `limit` characters (a hostile message can be megabytes)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an integer too long to print
+        return f"an {type(value).__name__} too large to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _time_ns(value: Any, ts: TimestampSpec, where: str) -> int:
     """One message's timestamp as int64 ns, by the ingest's rules (`readings`)."""
     if ts.unit == "datetime" and not isinstance(value, str):
-        raise StreamDataError(f"{where}: key '{ts.column}' is {value!r}; expected date-time text")
+        raise StreamDataError(f"{where}: key '{ts.column}' is {_show(value)}; expected {expected_time(ts)}")
     if ts.unit != "datetime" and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise StreamDataError(f"{where}: key '{ts.column}' is {value!r}; expected {expected_time(ts)}")
+        raise StreamDataError(f"{where}: key '{ts.column}' is {_show(value)}; expected {expected_time(ts)}")
     try:
         return datetimes_to_ns(value, ts) if ts.unit == "datetime" else numbers_to_ns(value, ts)
     except ReadingError as err:
-        raise StreamDataError(f"{where}: key '{ts.column}' is {value!r}; expected {err.expected}") from None
+        raise StreamDataError(f"{where}: key '{ts.column}' is {_show(value)}; expected {err.expected}") from None
 
 
-def _objects(payload: bytes | str, where: str) -> list[Any]:
+def _loads(text: str, where: str) -> Any:
+    """json.loads, with every way it can fail on hostile text turned into a StreamDataError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise StreamDataError(f"{where}: JSON nested too deeply to read; expected one flat JSON object per "
+                              "sample") from None
+    except ValueError:  # the one other ValueError: an integer of more than 4300 digits (sys.int_max_str_digits)
+        raise StreamDataError(f"{where}: holds a number too long to read (over {sys.get_int_max_str_digits()} "
+                              "digits); expected one JSON object per sample with numbers") from None
+
+
+def _objects(payload: bytes | str, where: str, max_bytes: int | None) -> list[Any]:
     """A JSON object, a list of objects, or JSON lines of objects."""
-    text = payload.decode() if isinstance(payload, bytes | bytearray) else payload
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise StreamDataError(f"{where}: larger than {max_bytes} bytes; expected a message of at most "
+                              f"{max_bytes} bytes (--max-message-bytes)")
+    try:
+        text = payload.decode() if isinstance(payload, bytes | bytearray) else payload
+    except UnicodeDecodeError as err:
+        raise StreamDataError(f"{where}: not UTF-8 text (byte {payload[err.start]:#04x} at position {err.start}); "
+                              "expected JSON in UTF-8") from None
     text = text.strip()
     if not text:
         return []
     try:
-        data = json.loads(text)
+        data = _loads(text, where)
         return data if isinstance(data, list) else [data]
     except json.JSONDecodeError:
         try:  # several JSON lines in one message
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return [_loads(line, where) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as err:
             raise StreamDataError(f"{where}: not JSON ({err.msg} at line {err.lineno} column {err.colno}); "
                                   "expected one JSON object per sample") from None
 
 
 def decode(payload: bytes | str, spec: IngestSpec, seq_field: str = "seq", where: str = "message",
-           ranges: ChannelRanges | None = None) -> list[Sample]:
+           ranges: ChannelRanges | None = None, max_bytes: int | None = None) -> list[Sample]:
     """The samples of one message: a JSON object, a list of objects, or JSON lines of objects.
 
     Readings are checked as the CSV ingest checks them: numbers, within the channel's low/high,
     integers in range for a Discrete action; a written NaN/Inf follows the spec's `nan_policy`
     (`error` refuses the sample, `drop` drops it, `fill` uses fill_value, `interpolate` treats it as
-    not reported). `ranges` (default: from the spec) saves rebuilding them for every message.
-    Raises StreamDataError naming the key and what was expected.
+    not reported). `ranges` (default: from the spec) saves rebuilding them for every message; a
+    message longer than `max_bytes` is refused. Raises StreamDataError naming the key and what was
+    expected, and nothing else, whatever the payload holds.
     """
-    objects = _objects(payload, where)
+    objects = _objects(payload, where, max_bytes)
     ranges = ranges if ranges is not None else ChannelRanges.of(spec)
     channels = [ch for _, ch in spec.channels()]
     out = []
@@ -97,8 +133,8 @@ def decode(payload: bytes | str, spec: IngestSpec, seq_field: str = "seq", where
         if not isinstance(obj, dict):
             raise StreamDataError(f"{at}: is {type(obj).__name__}; expected a JSON object of column: value")
         if spec.timestamp.column not in obj:
-            raise StreamDataError(f"{at}: key '{spec.timestamp.column}' (timestamp.column) is missing; "
-                                  f"the message has keys {sorted(obj)}")
+            raise StreamDataError(f"{at}: key '{spec.timestamp.column}' (timestamp.column) is missing; expected "
+                                  f"every sample to carry its time (the message has keys {_show(sorted(obj))})")
         t = _time_ns(obj[spec.timestamp.column], spec.timestamp, at)
         row = [math.nan] * len(channels)
         written_bad = []  # channels with a written NaN / Inf
@@ -107,8 +143,11 @@ def decode(payload: bytes | str, spec: IngestSpec, seq_field: str = "seq", where
             if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise StreamDataError(f"{at}: key '{ch.column}' is {v!r}; expected a number (channel '{ch.name}')")
-            row[k] = float(v)
+                raise StreamDataError(f"{at}: key '{ch.column}' is {_show(v)}; expected a number (channel '{ch.name}')")
+            try:
+                row[k] = float(v)
+            except OverflowError:  # an integer beyond float64
+                raise StreamDataError(f"{at}: key '{ch.column}' is {_show(v)}; expected {ranges.expected[k]}") from None
             if not math.isfinite(row[k]):
                 written_bad.append(k)
         values = np.array(row)
@@ -131,7 +170,11 @@ def decode(payload: bytes | str, spec: IngestSpec, seq_field: str = "seq", where
             continue
         seq = obj.get(seq_field)
         if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
-            raise StreamDataError(f"{at}: key '{seq_field}' is {seq!r}; expected an integer sequence number")
+            raise StreamDataError(f"{at}: key '{seq_field}' is {_show(seq)}; expected an integer sequence number")
         label = obj.get(spec.episode_column) if spec.episode_column else None
+        if label is not None and (isinstance(label, bool) or not isinstance(label, str | int)
+                                  or len(str(label)) > MAX_LABEL):
+            raise StreamDataError(f"{at}: key '{spec.episode_column}' (episode_column) is {_show(label)}; expected "
+                                  f"an episode id: text or an integer of at most {MAX_LABEL} characters")
         out.append(Sample(time_ns=t, values=values, seq=seq, episode="" if label is None else str(label)))
     return out

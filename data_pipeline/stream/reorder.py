@@ -80,6 +80,10 @@ class ReorderBuffer:
         """Every buffered sample, in time order (at shutdown)."""
         return [self._pop() for _ in range(len(self._heap))]
 
+    def restart(self) -> None:
+        """Forget the stream time (after a clock jump, once drained): any time is on time again."""
+        self.newest_ns = self.released_ns = None
+
     def _pop(self) -> Sample:
         t = heapq.heappop(self._heap)
         self.released_ns = t

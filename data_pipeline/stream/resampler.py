@@ -110,6 +110,12 @@ class Resampler:
         """End the stream: emit what the CSV ingest would for the last piece."""
         return self._finish_piece(None)
 
+    def end_piece(self) -> list[Block]:
+        """End the piece at a clock jump: emit its rows and forget the gap state (times start afresh)."""
+        blocks = self._finish_piece(None)
+        self._raw_last[:] = -1
+        return blocks
+
     def _ready_until(self, now_ns: int) -> int:
         """The last grid instant that is final at stream time `now_ns`."""
         bound = now_ns

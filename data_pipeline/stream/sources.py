@@ -1,21 +1,59 @@
 """Where messages come from: an MQTT topic, standard input, or a growing file (`make_source`).
 
 Each source runs in its own thread and puts `(payload, arrival)` on a queue; `END` on the queue
-says the source has ended (stdin at EOF).
+says the source has ended (stdin at EOF). A line longer than the message limit is cut to one byte
+over it (the decoder refuses it) and the rest skipped, so a source's memory stays bounded.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import select
 import sys
 import threading
 import time as _time
 import urllib.parse
 from typing import Any
 
+from data_pipeline.stream.config import MAX_MESSAGE_BYTES
+
 END = object()
 """Put on the queue by a source that has ended (stdin at EOF)."""
+
+
+class LineSplitter:
+    """Bytes into lines (without the newline), each cut to at most `limit` + 1 bytes.
+
+    A line longer than `limit` comes out as its first `limit` + 1 bytes, once, as soon as that much
+    has arrived (the decoder refuses it as too large); the rest of it is skipped up to its newline.
+    """
+
+    def __init__(self, limit: int = MAX_MESSAGE_BYTES) -> None:
+        self.limit = limit
+        self.partial = b""
+        self.skipping = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        lines = (self.partial + chunk).split(b"\n")
+        rest = lines.pop()
+        out = []
+        for line in lines:
+            if not self.skipping:
+                out.append(line[: self.limit + 1])
+            self.skipping = False
+        if self.skipping:
+            rest = b""
+        elif len(rest) > self.limit:
+            out.append(rest[: self.limit + 1])
+            rest, self.skipping = b"", True
+        self.partial = rest
+        return out
+
+    def tail(self) -> bytes:
+        """The last line when the input ends without a newline (empty if there is none)."""
+        tail, self.partial = self.partial, b""
+        return tail
 
 
 class Source:
@@ -93,17 +131,41 @@ class MqttSource(Source):
 
 
 class StdinSource(Source):
-    """JSON lines on standard input; the stream ends at EOF."""
+    """JSON lines on standard input; the stream ends at EOF.
+
+    The reader polls the file descriptor (select) and reads it with os.read, never through
+    sys.stdin's buffered reader: a thread blocked in that reader would hold its lock, and the
+    interpreter would abort at exit after SIGINT / SIGTERM while the producer keeps stdin open.
+    """
 
     name = "stdin"
 
-    def start(self, out: queue.Queue) -> None:
-        def read() -> None:
-            for line in sys.stdin.buffer:
-                out.put((line, _time.monotonic()))
-            out.put(END)
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES, poll_s: float = 0.05) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.poll_s = poll_s
+        self._stop = threading.Event()
 
-        threading.Thread(target=read, name="stdin-source", daemon=True).start()
+    def start(self, out: queue.Queue) -> None:
+        threading.Thread(target=self._read, args=(sys.stdin.fileno(), out), name="stdin-source", daemon=True).start()
+
+    def _read(self, fd: int, out: queue.Queue) -> None:
+        lines = LineSplitter(self.max_message_bytes)
+        while not self._stop.is_set():
+            if not select.select([fd], [], [], self.poll_s)[0]:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            now = _time.monotonic()
+            if not chunk:  # EOF
+                tail = lines.tail()
+                if tail.strip():
+                    out.put((tail, now))
+                out.put(END)
+                return
+            for line in lines.feed(chunk):
+                out.put((line, now))
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class FileSource(Source):
@@ -113,17 +175,18 @@ class FileSource(Source):
     again from its start. Runs until stopped.
     """
 
-    def __init__(self, path: str, poll_s: float = 0.05) -> None:
+    def __init__(self, path: str, poll_s: float = 0.05, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.path = path
         self.name = f"file:{path}"
         self.poll_s = poll_s
+        self.max_message_bytes = max_message_bytes
         self._stop = threading.Event()
 
     def start(self, out: queue.Queue) -> None:
         threading.Thread(target=self._follow, args=(out,), name="file-source", daemon=True).start()
 
     def _follow(self, out: queue.Queue) -> None:
-        pos, partial = 0, b""
+        pos, lines = 0, LineSplitter(self.max_message_bytes)
         while not self._stop.is_set():
             try:
                 size = os.stat(self.path).st_size
@@ -131,18 +194,16 @@ class FileSource(Source):
                 self._stop.wait(self.poll_s)
                 continue
             if size < pos:  # truncated or replaced: start again
-                pos, partial = 0, b""
+                pos, lines = 0, LineSplitter(self.max_message_bytes)
             if size == pos:
                 self._stop.wait(self.poll_s)
                 continue
             with open(self.path, "rb") as f:
                 f.seek(pos)
-                chunk = f.read(size - pos)
+                chunk = f.read(min(size - pos, 1 << 20))  # a huge append is read in pieces: memory stays bounded
             pos += len(chunk)
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
             now = _time.monotonic()
-            for line in lines:
+            for line in lines.feed(chunk):
                 if line.strip():
                     out.put((line, now))
 
@@ -150,12 +211,12 @@ class FileSource(Source):
         self._stop.set()
 
 
-def make_source(url: str) -> Source:
-    """`mqtt://host:port/topic`, `-` (stdin) or `file:PATH`."""
+def make_source(url: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Source:
+    """`mqtt://host:port/topic`, `-` (stdin) or `file:PATH`; lines longer than `max_message_bytes` are cut."""
     if url == "-":
-        return StdinSource()
+        return StdinSource(max_message_bytes)
     if url.startswith("file:"):
-        return FileSource(url[len("file:"):])
+        return FileSource(url[len("file:"):], max_message_bytes=max_message_bytes)
     if url.startswith("mqtt://"):
         return MqttSource(url)
     raise ValueError(f"source {url!r}: expected mqtt://HOST:PORT/TOPIC, '-' (JSON lines on stdin) or file:PATH")

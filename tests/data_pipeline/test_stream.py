@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import subprocess_env
-from stream_helpers import PENDULUM_SPEC, Publisher, committed_steps, pendulum_samples, wait_for
+from stream_helpers import PENDULUM_SPEC, Publisher, committed_steps, pendulum_samples, stored_series, wait_for
 
 from data_pipeline.ingest import IngestSpec, episodes_of, read_log
 from data_pipeline.store import TrajectoryStore
@@ -49,22 +49,6 @@ def expected_rows(samples: list[dict], spec_path: str, tmp_path: Path):
     spec = IngestSpec.from_yaml(spec_path)
     (ep,) = episodes_of(read_log(str(csv), "csv", spec), spec, spec.schema({}))
     return ep
-
-
-def stored_series(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
-    """Committed segments joined back into one series (a continuing segment repeats the previous last row)."""
-    with TrajectoryStore.open(path) as store:
-        table = store.episodes()
-        obs, action, time_ns = [], [], []
-        for i in range(store.num_episodes):
-            ep = store.read_episode(i)
-            skip = 1 if time_ns and ep.time[0] == time_ns[-1][-1] else 0
-            if skip:
-                action[-1][-1] = ep.action[0]  # the shared row: its action is the continuing segment's
-            obs.append(ep.obs[skip:])
-            action.append(ep.action[skip:].copy())
-            time_ns.append(ep.time[skip:])
-    return np.concatenate(obs), np.concatenate(action), np.concatenate(time_ns), table
 
 
 # ---------------------------------------------------------------------- units
