@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.errors import GroupNotFoundError
 
 from data_pipeline.store.codecs import compressors, consolidate
 from data_pipeline.store.lock import acquire_writer_lock, release_writer_lock
-from data_pipeline.store.paths import local_path
+from data_pipeline.store.overwrite import TITLES, OutputExistsError, check_output, kind_of
+from data_pipeline.store.paths import zarr_path
 from twin.anomaly import ScoreStep
 
 
@@ -36,10 +37,19 @@ class ScoreStore:
     def __init__(self, path: str, obs_channels: list[str], attrs: dict[str, Any]) -> None:
         self.path = path
         self._lock = acquire_writer_lock(path)
-        local = local_path(path)
-        exists = local is not None and os.path.exists(os.path.join(local, "zarr.json"))
-        if exists:
-            self.group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+        try:
+            existing: zarr.Group | None = zarr.open_group(zarr_path(path), mode="r+", zarr_format=3,
+                                                          use_consolidated=False)
+        except (FileNotFoundError, GroupNotFoundError):
+            existing = None
+        # Ours: titled so, or (written before the title) holding exactly the score arrays.
+        if existing is not None and kind_of(dict(existing.attrs)) != "scores" \
+                and not {*self.DATA_VARS, "time"} <= set(existing.array_keys()):
+            release_writer_lock(self._lock)
+            raise OutputExistsError(f"{path} holds a Zarr group that is not twinworld anomaly scores; scores "
+                                    "are written only into their own store: move it or choose another store")
+        if existing is not None:
+            self.group = existing
             stored = [str(c) for c in np.asarray(self._array("obs_channel")[:])]
             if stored != list(obs_channels):
                 raise ValueError(f"{path}: scores are for channels {stored}; this twin scores {obs_channels}")
@@ -47,7 +57,13 @@ class ScoreStore:
             for v in (*self.DATA_VARS, "time"):  # cut the rows of a flush a crash interrupted
                 self._array(v).resize((n, *self._array(v).shape[1:]))
         else:
-            self.group = zarr.open_group(path, mode="w", zarr_format=3)
+            try:  # never over user files: only into nothing, or an empty directory
+                check_output(path, "scores", overwrite=False)
+            except OutputExistsError:
+                release_writer_lock(self._lock)
+                raise
+            self.group = zarr.open_group(zarr_path(path), mode="w", zarr_format=3,
+                                         attributes={"title": TITLES["scores"]})
             self._create(obs_channels)
         self.group.attrs.update(attrs)
         times = self._array("time")

@@ -8,6 +8,7 @@ replaces only a twinworld store of the same kind, recognized by the attributes o
 | --- | --- |
 | trajectory | `title: "twinworld trajectory store"` and a `schema_version` |
 | scenario | `title: "twinworld scenario store"` (older stores: `layout_version` and `block_scenarios`) |
+| scores | `title: "twinworld anomaly scores"` |
 
 Anything else is refused whatever the flag says, with what is there: a plain directory of user files,
 a file, a symbolic link (its target may be anything, anywhere), a damaged `zarr.json`, a store of the
@@ -24,8 +25,9 @@ from typing import Any, Literal
 from data_pipeline.errors import UserError
 from data_pipeline.store.paths import local_path, real_location
 
-StoreKind = Literal["trajectory", "scenario"]
-TITLES: dict[StoreKind, str] = {"trajectory": "twinworld trajectory store", "scenario": "twinworld scenario store"}
+StoreKind = Literal["trajectory", "scenario", "scores"]
+TITLES: dict[StoreKind, str] = {"trajectory": "twinworld trajectory store", "scenario": "twinworld scenario store",
+                                "scores": "twinworld anomaly scores"}
 _SHOWN_ENTRIES = 4
 
 
@@ -41,6 +43,8 @@ def kind_of(attrs: Any) -> StoreKind | None:
         return "trajectory"
     if attrs.get("title") == TITLES["scenario"] or {"layout_version", "block_scenarios"} <= attrs.keys():
         return "scenario"
+    if attrs.get("title") == TITLES["scores"]:
+        return "scores"
     return None
 
 
