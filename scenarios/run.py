@@ -12,7 +12,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_pipeline.store import TrajectoryStore
-from scenarios.rollout import ScenarioRunner
+from data_pipeline.validate import check_schema_compatible
+from scenarios.rollout import ScenarioRunner, check_memory, memory_budget
 from scenarios.spec import ScenarioSpec
 from scenarios.starts import StartPoint, resolve_starts
 from scenarios.store import (
@@ -51,18 +52,19 @@ def generate(
     barrier: Callable[[], None] = lambda: None,
     overwrite: bool = False,
     progress: bool = True,
+    max_memory: int | None = None,
 ) -> ScenarioIndex:
     """Write the scenario store at `out`; this rank imagines its contiguous share of the blocks.
 
-    Rank 0 creates the store; every rank must call this (it synchronizes with `barrier`).
+    Rank 0 creates the store; every rank must call this (it synchronizes with `barrier`). Memory holds
+    one block at a time; a block over `max_memory` bytes (default: half the available RAM) is refused
+    before anything is written.
     """
     spec.check(store.schema)
-    ours, theirs = store.schema, model.schema
-    if (ours.obs_channels, ours.action_channels) != (theirs.obs_channels, theirs.action_channels):
-        raise ValueError(f"{store.path}: channels {ours.obs_channels} / {ours.action_channels} differ from "
-                         f"the model's {theirs.obs_channels} / {theirs.action_channels}")
+    check_schema_compatible(store.schema, model.schema, use="model", where=f"--store {store.path}")
     points = resolve_starts(spec, store)
     index = scenario_index(spec, points)
+    check_memory(spec, store.schema, len(index), memory_budget() if max_memory is None else max_memory)
     blocks = block_ranges(len(index), spec.block_scenarios)
     exists = Path(out).exists() and not overwrite
     barrier()  # every rank has looked at `out` before rank 0 creates it
