@@ -37,7 +37,7 @@ def files(tiny_store: Callable[..., object], tmp_path: Path) -> Files:
     store = TrajectoryStore.open(tiny.path)  # type: ignore[attr-defined]
     model = EnsembleWorldModel(EnsembleConfig.preset("tiny"), store.schema,
                                normalization_for(store, split_episodes(store, 0)["train"]))
-    model.save(tmp_path / "model.pt")
+    model.save(str(tmp_path / "model.pt"))
     spec = tmp_path / "scenarios.yaml"
     spec.write_text("horizon: 5\nsamples: 4\ncontext: 2\nstarts: [{episode: 0, t: 3}]\ninterventions: {factual: {}}\n")
     return Files(str(tmp_path / "model.pt"), tiny.path, other.path, str(spec), tmp_path)  # type: ignore[attr-defined]
