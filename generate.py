@@ -14,20 +14,27 @@ charts. With `--devices N` the blocks of scenarios are split over N processes (L
 DDP), each writing its own region of the store; the result equals a 1-process run. The run is
 tracked in MLflow (`MLFLOW_TRACKING_URI`, default sqlite:///mlflow.db). Ends by printing
 `scenarios: …`, `summary: …`, `calibration: …`, `plots: …` and `run_id: …`.
+
+Memory holds one block of scenarios (the spec's `block_trajectories`), whatever `samples` and the
+number of scenarios; a spec whose block would not fit `--max-memory` is refused before anything is
+written. A user error (a bad spec, a missing file, a store that does not fit the model) is one line
+on stderr and exit code 1; TWINWORLD_DEBUG=1 shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 from pathlib import Path
 
 import torch
 
+from data_pipeline.errors import UserError, run_cli
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.store.overwrite import check_not_an_input
 from scenarios import (
-    ScenarioSpecError,
     block_seed,
     format_calibration,
     format_summary,
@@ -57,10 +64,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="override the spec's seed")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out scenario store (nothing else is ever replaced)")
+    parser.add_argument("--max-memory", type=byte_size, default=None, metavar="SIZE",
+                        help="memory one block of scenarios may take, e.g. 2G or 512M (default: half the "
+                        "available RAM); a spec whose block needs more is refused before anything is written")
     parser.add_argument("--experiment", default="twinworld", help="MLflow experiment name")
     parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow tracking (no run_id)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)i?B?\s*", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """`--max-memory`: bytes, or a number with K, M, G or T (powers of 1024), e.g. 2G, 512MiB."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a size such as 2G, 512M or 1000000 (bytes)")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** "_KMGT".index(unit.upper() or "_"))
 
 
 def _one_process() -> None:
@@ -75,7 +97,7 @@ def single_device(accelerator: str) -> torch.device:
         return torch.device("mps")
     if accelerator in ("cpu", "auto"):
         return torch.device("cpu")
-    raise ValueError(f"--accelerator {accelerator!r}; expected cpu, gpu, cuda, mps or auto")
+    raise UserError(f"--accelerator {accelerator!r}; expected cpu, gpu, cuda, mps or auto")
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
@@ -112,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     fingerprint = store.fingerprint()
     attrs: dict[str, object] = {"model": args.model, "spec_file": str(args.config)}
     index = generate(spec, model, store, args.out, attrs=attrs, rank=rank, world_size=world_size,
-                     barrier=barrier, overwrite=args.overwrite, progress=not args.no_progress)
+                     barrier=barrier, overwrite=args.overwrite, progress=not args.no_progress,
+                     max_memory=args.max_memory)
     if rank != 0:
         return {}
     stem = str(args.out).rstrip("/").removesuffix(".zarr")
@@ -140,8 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     return result
 
 
+def _run() -> int:
+    main()
+    return 0
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ScenarioSpecError, FileExistsError, FileNotFoundError) as err:
-        raise SystemExit(f"generate: {err}") from None
+    sys.exit(run_cli(_run, "generate.py"))

@@ -142,4 +142,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from data_pipeline.errors import run_cli
+
+    sys.exit(run_cli(main, "train.py"))

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from data_pipeline.errors import UserError, run_cli
+
 if TYPE_CHECKING:
     from data_pipeline.record import Policy
 
@@ -219,10 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; user errors propagate (`run_cli` prints them as one line)."""
     args = build_parser().parse_args(argv)
     np.set_printoptions(precision=4, suppress=True)
-    return int(args.func(args) or 0)
+    if args.command != "record":
+        return int(args.func(args) or 0)
+    from gymnasium.error import UnregisteredEnv
+
+    try:
+        return int(args.func(args) or 0)
+    except UnregisteredEnv as err:  # a misspelt --env is the user's input, not a bug
+        raise UserError(f"--env {args.env}: {err}") from err
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m data_pipeline"))

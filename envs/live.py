@@ -3,4 +3,6 @@
 from twin.live import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from data_pipeline.errors import run_cli
+
+    raise SystemExit(run_cli(main, "python -m envs.live"))

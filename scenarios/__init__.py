@@ -7,7 +7,7 @@ points under interventions, written to a scenario store (DESIGN contract 6). gen
 | `interventions.py` | what changes in a scenario and how it turns recorded actions / observations into its own |
 | `outcomes.py` | outcome checks: the condition grammar, probabilities over samples; `ScenarioSpecError` |
 | `starts.py` | starting points resolved against a trajectory store; history files; the rows each start needs |
-| `rollout.py` | the sampler loop: interventions applied, futures imagined per block (open or closed loop) |
+| `rollout.py` | the sampler loop: interventions applied, futures imagined per block (open or closed loop); its memory |
 | `run.py` | `generate`: one scenario set from spec to finished store, on each rank |
 | `store.py` | the scenario store: layout, creation, block writes, typed reads |
 | `summary.py` | the summary table, calibration against the recorded future, their text forms |
@@ -21,7 +21,15 @@ summary, plots; track uses spec (and tracking/, lazily, as it pulls in Lightning
 from scenarios.interventions import Intervention
 from scenarios.outcomes import Condition, Outcome, ScenarioSpecError
 from scenarios.plots import plot_fans
-from scenarios.rollout import ScenarioRunner, block_seed, imagine_block
+from scenarios.rollout import (
+    MemoryBudgetError,
+    ScenarioRunner,
+    block_bytes,
+    block_seed,
+    check_memory,
+    imagine_block,
+    memory_budget,
+)
 from scenarios.run import generate, scenario_index
 from scenarios.spec import (
     EveryStart,
@@ -47,10 +55,10 @@ from scenarios.summary import format_calibration, format_summary, held_out, summ
 from scenarios.track import run_metrics, track_run
 
 __all__ = [
-    "LAYOUT_VERSION", "Condition", "EveryStart", "ExplicitStart", "HistoryStart", "Intervention", "Outcome",
-    "SampleStart", "ScenarioIndex", "ScenarioRunner", "ScenarioSpec", "ScenarioSpecError", "ScenarioWriter",
-    "SplitSpec", "StartData", "StartPoint", "block_ranges", "block_seed", "create_scenario_store",
-    "finish_scenario_store", "format_calibration", "format_summary", "generate", "held_out", "imagine_block",
-    "load_spec", "load_starts", "parse_spec", "parse_spec_text", "plot_fans", "read_history", "resolve_starts",
-    "run_metrics", "scenario_index", "summarize", "track_run",
+    "LAYOUT_VERSION", "Condition", "EveryStart", "ExplicitStart", "HistoryStart", "Intervention", "MemoryBudgetError",
+    "Outcome", "SampleStart", "ScenarioIndex", "ScenarioRunner", "ScenarioSpec", "ScenarioSpecError", "ScenarioWriter",
+    "SplitSpec", "StartData", "StartPoint", "block_bytes", "block_ranges", "block_seed", "check_memory",
+    "create_scenario_store", "finish_scenario_store", "format_calibration", "format_summary", "generate", "held_out",
+    "imagine_block", "load_spec", "load_starts", "memory_budget", "parse_spec", "parse_spec_text", "plot_fans",
+    "read_history", "resolve_starts", "run_metrics", "scenario_index", "summarize", "track_run",
 ]

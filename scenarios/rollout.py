@@ -5,6 +5,9 @@ the block's recorded rows, applies the interventions and calls `imagine_block`, 
 the histories and imagines `samples` futures per scenario in one batch. Each block's generator is
 seeded from (spec seed, block index), never from the rank, so any number of processes gives the
 same result.
+
+A block's memory is fixed by `block_trajectories` (scenarios × samples per block), not by the number of
+scenarios; `check_memory` refuses a spec whose block would not fit before anything is written.
 """
 
 from __future__ import annotations
@@ -15,12 +18,59 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from data_pipeline.errors import UserError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import TrajectoryStore
 from policies.behaviour import Policy, make_policy
 from scenarios.spec import Intervention, ScenarioSpec
 from scenarios.starts import StartPoint, load_starts
 from worldmodel.interface import Prediction, WorldModel
+
+COPIES_PER_VALUE = 8
+"""Copies of each imagined float32 value alive at a block's peak: the model's per-step outputs and their
+stack, the numpy arrays, the encoded chunks, and the summary's float64 copy and quantile sort
+(measured: 6-10x the raw arrays on CPU with a tiny ensemble)."""
+
+
+class MemoryBudgetError(UserError, ValueError):
+    """A scenario spec whose blocks cannot fit the memory budget: names the spec, the block and the budget."""
+
+
+def block_bytes(spec: ScenarioSpec, schema: StoreSchema, scenarios: int) -> int:
+    """Rough peak memory of the largest block of `scenarios`: its trajectories × horizon × values per
+    step, times the copies a block goes through. It stops growing once a block is full (at
+    `block_trajectories`); a model's own activations come on top."""
+    trajectories = min(spec.block_scenarios, scenarios) * spec.samples  # ≤ max(block_trajectories, samples)
+    values = schema.obs_dim + schema.action_dim + 3  # obs, action, reward, terminated, uncertainty
+    return trajectories * spec.horizon * values * 4 * COPIES_PER_VALUE
+
+
+def memory_budget(fraction: float = 0.5) -> int:
+    """The default budget of a block: a fraction of the memory available now (psutil)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available * fraction)
+
+
+def check_memory(spec: ScenarioSpec, schema: StoreSchema, scenarios: int, budget: int) -> None:
+    """Refuse, before anything is written, a spec whose block would need more than `budget` bytes."""
+    need = block_bytes(spec, schema, scenarios)
+    if need <= budget:
+        return
+    block = min(spec.block_scenarios, scenarios)
+    if block > 1:
+        hint = f"lower block_trajectories (now {spec.block_trajectories})"
+    else:  # one scenario's samples alone are the block
+        hint = f"lower samples (now {spec.samples}) or horizon (now {spec.horizon})"
+    raise MemoryBudgetError(
+        f"{spec.source}: a block of {block} scenario(s) × {spec.samples} samples × {spec.horizon} "
+        f"steps × {schema.obs_dim + schema.action_dim + 3} values needs about {_size(need)}, over the memory "
+        f"budget of {_size(budget)} (--max-memory); {hint} in the spec, or raise --max-memory"
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
 def block_seed(seed: int, block: int) -> int:

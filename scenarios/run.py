@@ -14,7 +14,8 @@ from tqdm import tqdm
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.store.lock import acquire_writer_lock, release_writer_lock
 from data_pipeline.store.overwrite import check_not_an_input, check_output
-from scenarios.rollout import ScenarioRunner
+from data_pipeline.validate import check_schema_compatible
+from scenarios.rollout import ScenarioRunner, check_memory, memory_budget
 from scenarios.spec import ScenarioSpec
 from scenarios.starts import StartPoint, resolve_starts
 from scenarios.store import (
@@ -53,18 +54,21 @@ def generate(
     barrier: Callable[[], None] = lambda: None,
     overwrite: bool = False,
     progress: bool = True,
+    max_memory: int | None = None,
 ) -> ScenarioIndex:
     """Write the scenario store at `out`; this rank imagines its contiguous share of the blocks.
 
     Rank 0 creates the store and holds its writer lock to the end; every rank must call this (it
     synchronizes with `barrier`). `out` may not be (or hold, or lie inside) the source store, and
-    `overwrite` replaces only a scenario store (data_pipeline/store/overwrite.py).
+    `overwrite` replaces only a scenario store (data_pipeline/store/overwrite.py). Memory holds one block
+    at a time; a block over `max_memory` bytes (default: half the available RAM) is refused before
+    anything is written.
     """
     check_not_an_input(out, {"--store": store.path})
     lock = acquire_writer_lock(str(out)) if rank == 0 else None
     try:
         return _write_scenarios(spec, model, store, out, attrs=attrs, rank=rank, world_size=world_size,
-                                barrier=barrier, overwrite=overwrite, progress=progress)
+                                barrier=barrier, overwrite=overwrite, progress=progress, max_memory=max_memory)
     finally:
         release_writer_lock(lock)
 
@@ -81,15 +85,14 @@ def _write_scenarios(
     barrier: Callable[[], None],
     overwrite: bool,
     progress: bool,
+    max_memory: int | None,
 ) -> ScenarioIndex:
     """The body of `generate`, with the writer lock held on rank 0."""
     spec.check(store.schema)
-    ours, theirs = store.schema, model.schema
-    if (ours.obs_channels, ours.action_channels) != (theirs.obs_channels, theirs.action_channels):
-        raise ValueError(f"{store.path}: channels {ours.obs_channels} / {ours.action_channels} differ from "
-                         f"the model's {theirs.obs_channels} / {theirs.action_channels}")
+    check_schema_compatible(store.schema, model.schema, use="model", where=f"--store {store.path}")
     points = resolve_starts(spec, store)
     index = scenario_index(spec, points)
+    check_memory(spec, store.schema, len(index), memory_budget() if max_memory is None else max_memory)
     blocks = block_ranges(len(index), spec.block_scenarios)
     check_output(out, "scenario", overwrite=overwrite)
     barrier()  # every rank has looked at `out` before rank 0 creates it

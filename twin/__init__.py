@@ -15,11 +15,19 @@ Imports point down: `live` → `alerts`, `mlflow_log` → `mirror` → `scores`,
 commands (`live`, `calibrate`) are imported by no other module here, so `python -m` runs each once.
 """
 
-from twin.anomaly import AnomalyConfig, AnomalyScorer, Calibration, ScoreStep, calibrate, score_episodes
+from twin.anomaly import (
+    AnomalyConfig,
+    AnomalyError,
+    AnomalyScorer,
+    Calibration,
+    ScoreStep,
+    calibrate,
+    score_episodes,
+)
 from twin.mirror import LiveMirror, LiveStats
 from twin.mlflow_log import MlflowLog
 from twin.scores import ScoreStore
 from twin.sync import Twin
 
-__all__ = ["AnomalyConfig", "AnomalyScorer", "Calibration", "LiveMirror", "LiveStats", "MlflowLog", "ScoreStep",
-           "ScoreStore", "Twin", "calibrate", "score_episodes"]
+__all__ = ["AnomalyConfig", "AnomalyError", "AnomalyScorer", "Calibration", "LiveMirror", "LiveStats", "MlflowLog",
+           "ScoreStep", "ScoreStore", "Twin", "calibrate", "score_episodes"]

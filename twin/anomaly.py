@@ -26,12 +26,18 @@ from typing import Literal
 import numpy as np
 import torch
 
+from data_pipeline.errors import UserError
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows import split_episodes
 from worldmodel.interface import Prediction, WorldModel, index_state
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 ScoreKind = Literal["auto", "nll", "normalized"]
+
+
+class AnomalyError(UserError, ValueError):
+    """A score setting, a calibration file or a store that cannot give anomaly scores (names which, and
+    what was expected)."""
 
 
 @dataclass
@@ -54,13 +60,13 @@ class AnomalyConfig:
 
     def __post_init__(self) -> None:
         if self.window < 1:
-            raise ValueError(f"anomaly window={self.window}; expected at least 1 step")
+            raise AnomalyError(f"anomaly window={self.window}; expected at least 1 step")
         if not 0 < self.false_alarm_rate < 1:
-            raise ValueError(f"false_alarm_rate={self.false_alarm_rate}; expected a fraction in (0, 1)")
+            raise AnomalyError(f"false_alarm_rate={self.false_alarm_rate}; expected a fraction in (0, 1)")
         if self.kind not in ("auto", "nll", "normalized"):
-            raise ValueError(f"anomaly kind={self.kind!r}; expected 'auto', 'nll' or 'normalized'")
+            raise AnomalyError(f"anomaly kind={self.kind!r}; expected 'auto', 'nll' or 'normalized'")
         if self.particles < 1:
-            raise ValueError(f"particles={self.particles}; expected at least 1")
+            raise AnomalyError(f"particles={self.particles}; expected at least 1")
 
 
 def channel_scale(model: WorldModel) -> np.ndarray:
@@ -217,11 +223,15 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise AnomalyError(f"{path}: not a calibration file ({err}); expected the JSON written by "
+                               "`python -m twin.calibrate`") from None
         missing = {"threshold", "false_alarm_rate"} - set(data)
         if missing:
-            raise ValueError(f"{path}: calibration file lacks {sorted(missing)}; expected the output of "
-                             "`python -m twin.calibrate`")
+            raise AnomalyError(f"{path}: calibration file lacks {sorted(missing)}; expected the output of "
+                               "`python -m twin.calibrate`")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -232,7 +242,7 @@ def calibrate(model: WorldModel, episodes: list[tuple[np.ndarray, np.ndarray]],
     scores = np.concatenate([s.score for s in score_episodes(model, episodes, config)])
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
-        raise ValueError("calibrate: no scored step (episodes need at least 2 rows)")
+        raise AnomalyError("calibrate: no scored step (episodes need at least 2 rows)")
     q = 1.0 - config.false_alarm_rate
     threshold = float(np.quantile(scores, q, method="higher"))
     quantiles = {f"{100 * x:g}": float(np.quantile(scores, x)) for x in (0.5, 0.9, 0.99, 0.999)}
@@ -254,7 +264,7 @@ def store_episodes(store_path: str, split: str = "val", seed: int = 0, max_episo
         else:
             parts = split_episodes(store, seed)
             if split not in parts:
-                raise ValueError(f"split {split!r}; expected 'train', 'val', 'test' or 'all'")
+                raise AnomalyError(f"split {split!r}; expected 'train', 'val', 'test' or 'all'")
             which = parts[split]
         if max_episodes is not None:
             which = which[:max_episodes]
@@ -262,9 +272,9 @@ def store_episodes(store_path: str, split: str = "val", seed: int = 0, max_episo
         for e in which:
             ep = store.read_episode(int(e))
             if ep.obs is None:
-                raise ValueError(f"{store_path}: episode {ep.episode_id!r} has no vector observations; anomaly scores "
-                                 "need an `obs` channel (image-only stores are not supported)")
+                raise AnomalyError(f"{store_path}: episode {ep.episode_id!r} has no vector observations; anomaly "
+                                   "scores need an `obs` channel (image-only stores are not supported)")
             out.append((ep.obs.astype(np.float32), ep.action))
     if not out:
-        raise ValueError(f"{store_path}: the {split!r} split has no episode to calibrate on")
+        raise AnomalyError(f"{store_path}: the {split!r} split has no episode to calibrate on")
     return out

@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 
 import worldmodel
+from data_pipeline.errors import run_cli
+from data_pipeline.store import TrajectoryStore
+from data_pipeline.validate import check_schema_compatible
 from twin.anomaly import AnomalyConfig, calibrate, store_episodes
 
 
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="calibration JSON to write")
     args = parser.parse_args(argv)
     model = worldmodel.load(args.model)
+    with TrajectoryStore.open(args.store) as store:  # a model scores only the channels it was trained on
+        check_schema_compatible(store.schema, model.schema, use="model", where=f"--store {args.store}")
     config = AnomalyConfig(window=args.window, false_alarm_rate=args.false_alarm_rate, kind=args.kind,
                            particles=args.particles)
     episodes = store_episodes(args.store, args.split, args.split_seed, args.max_episodes)
@@ -43,4 +48,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main, "python -m twin.calibrate"))

@@ -18,6 +18,7 @@ import sys
 import time as _time
 from typing import Any
 
+from data_pipeline.errors import run_cli
 from data_pipeline.ingest import IngestSpec
 from data_pipeline.stream import Block, StreamConfig, StreamIngest, make_source, open_or_create, run
 from data_pipeline.validate import check_schema_compatible
@@ -145,4 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m twin.live"))
