@@ -6,6 +6,7 @@ import numpy as np
 
 from data_pipeline.stats import channel_stats
 from data_pipeline.store import TrajectoryStore, damage
+from data_pipeline.store.paths import local_path
 
 
 def _fmt_time(ns: int) -> str:
@@ -111,6 +112,9 @@ def validate_store(path: str, repair: bool = False) -> dict[str, str]:
     refuses a damaged store (nothing is cut off a store whose table cannot be trusted).
     """
     report: dict[str, str] = {"store": path}
+    local = local_path(path)
+    if local is not None and not local.exists():
+        raise FileNotFoundError(f"{path}: no trajectory store here (no such directory)")
     found = damage.scan(path)
     if found.damage:
         report["status"] = "corrupted"
