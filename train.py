@@ -12,7 +12,10 @@ bf16-mixed`, `--trainer.devices 2 --trainer.strategy ddp`, `--checkpoint.every_n
 `--help` lists them all, every model config field included. Model dimensions come from the store.
 Runs are tracked in MLflow (`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`). `fit` ends by printing
 `model_uri: …`, `checkpoint: …` (the self-describing model file) and `lightning_checkpoint: …` (for
-`--ckpt_path`).
+`--ckpt_path`). If the tracking server stays away for `--mlflow.publish_timeout_s` at the end, the files
+are kept, `model_uri: unpublished (…)` and `publish_later: python -m tracking.publish RUN_DIR` are printed
+and the exit code is 75 (docs/cluster.md). Every `--ckpt_path` (a path, `last`, or an http(s)/s3 URL) is
+read with `torch.load(weights_only=True)`; a checkpoint that would run code is refused.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from data_pipeline.windows.datamodule import WindowDataModule
 from tracking.runs import fit_params, open_tracker, run_name
+from worldmodel.io import checkpoint_error
 from worldmodel.kinds import ConfigError, config_fields_help, resolve_config
-from worldmodel.lightning import WorldModelModule
+from worldmodel.lightning import SafeCheckpointIO, WorldModelModule
 
 
 class HelpFormatter(DefaultHelpFormatter):
@@ -43,11 +48,16 @@ class HelpFormatter(DefaultHelpFormatter):
 class TwinCLI(LightningCLI):
     """LightningCLI with twinworld's tracking, checkpoint layout and the end-of-fit model publishing."""
 
+    exit_code = 0
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument("--mlflow.experiment", default="twinworld", help="MLflow experiment name")
         parser.add_argument("--mlflow.registered_model_name", default="twinworld-worldmodel",
                             help="Model Registry name the trained model is registered under ('' to skip)")
         parser.add_argument("--mlflow.run_name", default=None, help="MLflow run name (default: kind-store-seed)")
+        parser.add_argument("--mlflow.publish_timeout_s", type=float, default=120.0,
+                            help="seconds the end of fit keeps retrying an unreachable tracking server (metrics, "
+                                 "model, registry) before it keeps the files and prints how to publish later")
         parser.add_argument("--out_dir", default="runs",
                             help="where checkpoints go: OUT_DIR/<run name>/ (resume finds last.ckpt there)")
         # Always on, whatever --trainer.callbacks holds (resume needs last.ckpt); `--checkpoint.every_n_train_steps`.
@@ -60,8 +70,23 @@ class TwinCLI(LightningCLI):
     def _cfg(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a local `--ckpt_path`'s hyperparameters with torch.load(weights_only=True); a file
+        # it refuses is reported as a user error naming it, not as torch's traceback.
+        try:
+            super()._parse_ckpt_path()
+        except Exception as err:
+            if isinstance(err, OSError):
+                raise
+            raise checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg()
+        if cfg.get("weights_only") is False:
+            self.parser.error("--weights_only false: twinworld reads checkpoints with weights_only=True only "
+                              "(a checkpoint that needs more could run code; see docs/cluster.md)")
+        if "weights_only" in cfg:
+            cfg.weights_only = True  # Lightning's own argument, passed explicitly (SafeCheckpointIO enforces it)
         try:  # a misspelt or mistyped model.config key is a usage error, before anything is built
             resolve_config(cfg.model.kind, cfg.model.config)
         except ConfigError as err:
@@ -77,6 +102,10 @@ class TwinCLI(LightningCLI):
                                     store=str(cfg.data.store))
         trainer = super().instantiate_trainer(**kwargs)
         trainer.loggers = [self.tracker]
+        # Every checkpoint load goes through worldmodel.io (weights_only=True), local or URL; a user's own
+        # CheckpointIO plugin is kept (it still receives weights_only=True).
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str(self.run_dir)
@@ -91,24 +120,35 @@ class TwinCLI(LightningCLI):
         return str(self.parser.dump(config, skip_none=False))
 
     def before_fit(self) -> None:
+        # Lightning's end-of-fit flush tries once: publishing (after_fit) retries for publish_timeout_s.
+        self.tracker.finalize_timeout_s = 0.0
         self.datamodule.prepare()
         self.tracker.log_hyperparams({"config": self._resolved_config()[:5900]})
         self.tracker.log_hyperparams(fit_params(self.datamodule, self.model.kind, self.model.model_config))
 
     def after_fit(self) -> None:
-        from tracking.publish import publish_model
+        from tracking.publish import EXIT_PENDING, PublishPending, publish_command, publish_model
+        from worldmodel.io import MODEL_FILE
 
         if not self.trainer.is_global_zero:  # under DDP, rank 0 alone evaluates, logs and registers the model
             return
         hp = self.model.hparams
-        outputs = publish_model(
-            self.model.world_model, datamodule=self.datamodule, tracker=self.tracker, run_dir=self.run_dir,
-            registered_model_name=self.config["fit"].mlflow.registered_model_name,
-            resolved_config=self._resolved_config(),
-            eval_kwargs={"context": hp.eval_context, "horizons": tuple(hp.eval_horizons),
-                         "samples": hp.eval_samples, "max_windows": hp.eval_windows},
-        )
-        print(f"model_uri: {outputs['model_uri']}")
+        mlflow_cfg = self.config["fit"].mlflow
+        try:
+            outputs = publish_model(
+                self.model.world_model, datamodule=self.datamodule, tracker=self.tracker, run_dir=self.run_dir,
+                registered_model_name=mlflow_cfg.registered_model_name, resolved_config=self._resolved_config(),
+                eval_kwargs={"context": hp.eval_context, "horizons": tuple(hp.eval_horizons),
+                             "samples": hp.eval_samples, "max_windows": hp.eval_windows},
+                timeout_s=mlflow_cfg.publish_timeout_s,
+            )
+            print(f"model_uri: {outputs['model_uri']}")
+        except PublishPending as err:  # trained and saved: an outage costs the publishing, never the fit
+            self.exit_code = EXIT_PENDING
+            print(f"model_uri: unpublished ({err.reason})")
+            print(f"publish_later: {publish_command(self.run_dir)}")
+            print(f"train.py: the model is trained and saved but not published: {err}", file=sys.stderr)
+            outputs = {"checkpoint": str(self.run_dir / MODEL_FILE)}
         print(f"checkpoint: {outputs['checkpoint']}")
         callback = self.trainer.checkpoint_callback
         last = callback.last_model_path if isinstance(callback, ModelCheckpoint) else ""
@@ -123,14 +163,16 @@ class TwinCLI(LightningCLI):
         self.tracker.end_run()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; the exit code is 0, or 75 (`tracking.publish.EXIT_PENDING`) for a fit trained and saved
+    but not published because the tracking server was away (`python -m tracking.publish RUN_DIR` finishes it)."""
     given = list(sys.argv[1:] if argv is None else argv)
     if given and given[0] == "policy":
         from policies.cli import main as policy_main
 
         policy_main(given[1:])
-        return
-    TwinCLI(
+        return 0
+    cli = TwinCLI(
         WorldModelModule,
         WindowDataModule,
         args=argv,  # None: LightningCLI reads sys.argv itself
@@ -139,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         parser_kwargs={"formatter_class": HelpFormatter},  # subcommand parsers inherit it
         trainer_defaults={"log_every_n_steps": 10, "logger": False},  # the MLflow tracker replaces the logger
     )
+    return cli.exit_code
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 | --- | --- |
 | `logger.py` | `BufferedMLflowLogger`: batched metrics that survive a tracking server outage; `tracking_uri` |
 | `runs.py` | the MLflow run of a `train.py` command: its name, folder, resume and params |
-| `publish.py` | the end of a fit: save, evaluate on the test split, log artifacts, register the pyfunc model |
+| `publish.py` | the end of a fit: save, evaluate, log, register the pyfunc model (retried); publishing later |
 | `pyfunc.py` | the MLflow pyfunc flavour of a world model (history and actions in, trajectories out) |
 | `lineage.py` | which MLflow run produced a model (`model_run_id`, `lineage_tags`) |
 

@@ -7,7 +7,8 @@ backing off up to a minute between tries, so a server that goes away and comes b
 and an unreachable one costs training little; MLflow's own HTTP retries are turned off
 (`configure_client`). Metrics are also appended to a local JSON-lines spool, so a crash during an
 outage leaves them on disk, and a resumed run (same run id) sends the spool again first: the
-tracking store drops the duplicates of what did arrive.
+tracking store drops the duplicates of what did arrive. A run that fails is marked FAILED where the
+server can be told; the end of a successful fit is tracking/publish.py's.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class BufferedMLflowLogger(Logger):
         flush_interval_s: float = 5.0,
         spool_dir: str | None = None,
         max_backoff_s: float = 60.0,
+        tracking_uri: str | None = None,
+        finalize_timeout_s: float | None = None,
     ) -> None:
         """
         Args:
@@ -76,6 +79,9 @@ class BufferedMLflowLogger(Logger):
             flush_interval_s: seconds between sends of the buffered metrics.
             spool_dir: folder of the local metric spool (default `.twinworld-spool` in the working directory).
             max_backoff_s: longest wait between tries while the server is unreachable.
+            tracking_uri: the tracking server (default: `tracking_uri()`, i.e. `MLFLOW_TRACKING_URI`).
+            finalize_timeout_s: how long `finalize` keeps retrying to deliver what is left (default:
+                `TWINWORLD_MLFLOW_FLUSH_TIMEOUT`, else 300 s); 0 tries once.
         """
         super().__init__()
         configure_client()
@@ -91,7 +97,10 @@ class BufferedMLflowLogger(Logger):
         self._retry_in = flush_interval_s  # grows while the server is away (backoff), reset on success
         self._client: MlflowClient | None = None
         self._spool_dir = spool_dir
+        self._tracking_uri = tracking_uri
+        self.finalize_timeout_s = finalize_timeout_s
         self.failed_flushes = 0
+        self.last_error = ""  # why the last send failed ("" after a success)
 
     # -------------------------------------------------------------- mlflow objects
     @property
@@ -100,7 +109,7 @@ class BufferedMLflowLogger(Logger):
         if self._client is None:
             from mlflow import MlflowClient
 
-            client = self._client = MlflowClient(tracking_uri())
+            client = self._client = MlflowClient(self.tracking_uri)
             if self._run_id is None:
                 exp = client.get_experiment_by_name(self._experiment_name)
                 exp_id = exp.experiment_id if exp else client.create_experiment(self._experiment_name)
@@ -112,7 +121,7 @@ class BufferedMLflowLogger(Logger):
 
     def _resend_spool(self) -> None:
         """A resumed run: queue what the previous process spooled but may not have delivered."""
-        path = Path(self._spool_dir or ".twinworld-spool") / f"{self._run_id}.jsonl"
+        path = self.spool_dir / f"{self._run_id}.jsonl"
         if not path.exists():
             return
         rows = []
@@ -123,6 +132,16 @@ class BufferedMLflowLogger(Logger):
             except (ValueError, TypeError):
                 continue  # a line cut short by the crash
         self._buffer[:0] = rows
+
+    @property
+    def tracking_uri(self) -> str:
+        """The tracking server this logger sends to."""
+        return self._tracking_uri or tracking_uri()
+
+    @property
+    def spool_dir(self) -> Path:
+        """The folder of the local metric spool (absolute)."""
+        return Path(self._spool_dir or ".twinworld-spool").absolute()
 
     @property
     def active_run_id(self) -> str | None:
@@ -152,7 +171,7 @@ class BufferedMLflowLogger(Logger):
 
     @property
     def spool_path(self) -> Path:
-        base = Path(self._spool_dir or ".twinworld-spool")
+        base = self.spool_dir
         base.mkdir(parents=True, exist_ok=True)
         return base / f"{self.run_id}.jsonl"
 
@@ -205,6 +224,7 @@ class BufferedMLflowLogger(Logger):
                 del self._buffer[: len(chunk)]
         except Exception as err:  # the server is away: keep the metrics and try again later
             self.failed_flushes += 1
+            self.last_error = f"{type(err).__name__}: {str(err)[:300]}"
             self._retry_in = min(self.max_backoff_s, max(self._retry_in, self.flush_interval_s) * 2)
             if self.failed_flushes in (1, 10, 100) or self.failed_flushes % 1000 == 0:
                 print(f"mlflow: tracking server unreachable ({type(err).__name__}); "
@@ -213,18 +233,29 @@ class BufferedMLflowLogger(Logger):
         if self.failed_flushes and self._retry_in > self.flush_interval_s:
             print("mlflow: tracking server back; buffered metrics delivered")
         self._retry_in = self.flush_interval_s
+        self.last_error = ""
         return True
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        """Flush what is left, retrying for up to `TWINWORLD_MLFLOW_FLUSH_TIMEOUT` seconds (default 300)."""
-        deadline = time.monotonic() + float(os.environ.get("TWINWORLD_MLFLOW_FLUSH_TIMEOUT", "300"))
+        """Flush what is left, retrying for up to `finalize_timeout_s`; Lightning calls it at the end of a
+        run (`success`) or on an error or interrupt (`failed`), and a failed run is then marked FAILED."""
+        timeout = self.finalize_timeout_s
+        if timeout is None:
+            timeout = float(os.environ.get("TWINWORLD_MLFLOW_FLUSH_TIMEOUT", "300"))
+        deadline = time.monotonic() + timeout
         while not self.flush() and time.monotonic() < deadline:
-            time.sleep(2.0)
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
         if self._buffer:
             print(f"mlflow: {len(self._buffer)} metrics not delivered; they are in {self.spool_path}")
         elif self._client is not None:
             self.spool_path.unlink(missing_ok=True)
+        if status == "failed" and self._client is not None and self._run_id is not None:
+            try:  # never RUNNING after a crash; a resumed run continues it, publishing marks it FINISHED
+                self._client.set_terminated(self._run_id, "FAILED")
+            except Exception as err:  # the server is away: the run stays RUNNING there, say so
+                print(f"mlflow: could not mark run {self._run_id} FAILED ({type(err).__name__}); it shows "
+                      "RUNNING until a resumed run or `python -m tracking.publish` ends it")
 
     def end_run(self, status: str = "FINISHED") -> None:
         if self._client is not None and self._run_id is not None:

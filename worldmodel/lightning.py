@@ -14,14 +14,36 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from data_pipeline.windows.batch import Batch
 from worldmodel.base import ModelBase
 from worldmodel.evaluation import evaluate_split
+from worldmodel.io import load_checkpoint_file
 from worldmodel.kinds import ModelKind, build_model, resolve_config
 
 LAST_GOOD = "last-good.ckpt"  # written beside last.ckpt when a loss turns NaN/Inf, then training stops
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, reading every checkpoint (local or URL) with `torch.load(weights_only=True)`.
+
+    Lightning 2.6 loads a `ckpt_path` with `weights_only=False` for http(s) URLs and leaves local files
+    to torch's default (which `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` turns off): either runs the code a pickle
+    names. This plugin ignores the caller's `weights_only` and refuses such files with a CheckpointError
+    (worldmodel/io.py). A URL is fetched into a temporary file, not torch.hub's cache, which is keyed by
+    the file name alone. Saving is Lightning's.
+    """
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        data = load_checkpoint_file(path, "cpu" if map_location is None else map_location)
+        if not isinstance(data, dict):
+            from worldmodel.io import CheckpointError
+
+            raise CheckpointError(f"{path}: not a Lightning checkpoint (holds a {type(data).__name__}, not a dict)")
+        return data
 
 
 class WorldModelModule(L.LightningModule):

@@ -34,6 +34,12 @@ class _FlakyClient:
     def __init__(self) -> None:
         self.down = False
         self.received: list[tuple[str, float, int]] = []
+        self.status: dict[str, str] = {}
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        if self.down:
+            raise ConnectionError("server away")
+        self.status[run_id] = status
 
     def log_batch(self, run_id: str, metrics: Any = (), params: Any = ()) -> None:
         if self.down:
@@ -67,6 +73,17 @@ def test_a_resumed_run_sends_the_spool_of_the_crashed_one_again(tmp_path: Path) 
     resumed = BufferedMLflowLogger(run_id="run-1", spool_dir=str(tmp_path / "spool"))
     resumed._resend_spool()
     assert [(k, v, s) for k, v, _, s in resumed._buffer] == [("loss", 3.0, 7)]
+
+
+def test_a_failed_run_is_marked_failed_not_left_running(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    logger, client = _offline_logger(tmp_path)
+    logger.finalize_timeout_s = 0.0
+    logger.finalize("failed")  # what Lightning calls when fit raises
+    assert client.status == {"run-1": "FAILED"}
+    client.down = True
+    logger.log_metrics({"loss": 1.0}, step=1)
+    logger.finalize("failed")  # the server is away: one try, then say what is left where
+    assert "could not mark run run-1 FAILED" in capsys.readouterr().out
 
 
 def _datamodule(path: str, **kwargs: object) -> WindowDataModule:

@@ -144,7 +144,7 @@ def _fit_args(store: str, out: Path, name: str) -> list[str]:
 
 
 def _params(ckpt: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # what train.py writes loads safely
     return state["global_step"], state["state_dict"]
 
 
