@@ -18,7 +18,7 @@ from data_pipeline.schema import EPISODE_VARS, STEP_VARS
 from data_pipeline.store import layout, table
 from data_pipeline.store.layout import CHANNEL_COORDS, StoreCorruptionError
 from data_pipeline.store.paths import local_path, zarr_path
-from data_pipeline.store.reader import chunk_file, read_checked
+from data_pipeline.store.reader import chunk_file, missing_chunks, read_checked
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,13 @@ def scan(path: str, storage_options: dict[str, Any] | None = None) -> Scan:
     """Every damaged metadata file and chunk of the store at `path`."""
     found: list[Damage] = []
     group: zarr.Group | None = None
+    blank_units: set[str] = set()  # unit arrays whose every unit is "" (stores before 2026-12 kept no chunk)
     try:
         group = layout.open_store_group(path, "r", storage_options)
-        names = layout.array_names(layout.read_schema(group, path))
+        schema = layout.read_schema(group, path)
+        names = layout.array_names(schema)
+        blank_units = {name for name, units in (("obs_unit", schema.obs_units), ("action_unit", schema.action_units))
+                       if not any(units)}
     except StoreCorruptionError as err:
         found.append(Damage("", "zarr.json", str(err)))
         local = local_path(path)
@@ -74,7 +78,10 @@ def scan(path: str, storage_options: dict[str, Any] | None = None) -> Scan:
     for name, arr in arrays.items():
         dim = "step" if name in STEP_VARS else "episode" if name in EPISODE_VARS else name
         stop = {"step": end, "episode": n}.get(dim)
-        found += _chunks(path, name, arr, arr.shape[0] if stop is None else min(stop, arr.shape[0]), dim)
+        stop = arr.shape[0] if stop is None else min(stop, arr.shape[0])
+        if name in blank_units and missing_chunks(arr, 0, stop):
+            continue  # all fill values, and stores written before units were always stored keep no chunk
+        found += _chunks(path, name, arr, stop, dim)
     return Scan(found, n, end)
 
 

@@ -206,8 +206,10 @@ def create_arrays(group: zarr.Group, schema: StoreSchema, chunk_steps: int) -> N
 
     for name, values in zip(CHANNEL_COORDS, (schema.obs_channels, schema.obs_units, schema.action_channels,
                                              schema.action_units), strict=True):
+        # Stored even when every unit is "" (the fill value), so a missing chunk always means damage.
         arr = group.create_array(name, shape=(len(values),), chunks=(max(len(values), 1),), dtype=str,
-                                 dimension_names=[name.replace("_unit", "_channel")])
+                                 dimension_names=[name.replace("_unit", "_channel")],
+                                 config={"write_empty_chunks": True})
         if values:
             arr[:] = np.array(values, dtype=object)
 
