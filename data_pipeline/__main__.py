@@ -42,7 +42,7 @@ def _behaviour_policy(spec: str, env_id: str, seed: int, trust_pickle: bool = Fa
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from data_pipeline.record import RecordInterrupted, record
+    from data_pipeline.record import RecordInterrupted, read_names, record
 
     try:
         store = record(
@@ -58,6 +58,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
             append=args.append,
             progress=not args.no_progress,
             commit_interval=args.commit_interval,
+            obs_names=read_names(args.obs_names, "obs"),
+            action_names=read_names(args.action_names, "action"),
         )
     except RecordInterrupted as stop:  # every finished episode is committed; exit 128 + signal, as a shell does
         print(f"store: {args.out}")
@@ -144,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("record", help="roll out a Gymnasium env with a policy into a store")
-    p.add_argument("--env", required=True, help="Gymnasium env id (classic control, MuJoCo or any registered env)")
+    p.add_argument("--env", required=True,
+                   help="Gymnasium env id: classic control, MuJoCo, any registered env, or your own as module:EnvId "
+                        "(e.g. mypkg.envs:Tank-v0; the module is imported first and registers EnvId). A Dict / "
+                        "Tuple observation is flattened into channels named by its keys (position.0, sensors.2.temp)")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
     p.add_argument("--policy", default="random",
                    help="'random', a policy file (policy.zip with its .json and .safetensors, see docs/policy.md), "
@@ -158,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None,
                    help="record the env's rendering resized to SIZE x SIZE RGB as the observation")
     p.add_argument("--max-episode-steps", type=int, default=None, help="override the env's time limit")
+    p.add_argument("--obs-names", default=None,
+                   help="observation channel names: a comma list (theta,omega) or a YAML file with a list; default: "
+                        "known simulators' names, a Dict / Tuple's key paths, else obs_0, obs_1, ...")
+    p.add_argument("--action-names", default=None,
+                   help="action channel names: a comma list or a YAML file with a list (default: action_0, ...)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing twinworld trajectory store at --out (anything else there is refused)")
     p.add_argument("--append", action="store_true", help="append to an existing store (schema must match)")

@@ -10,6 +10,7 @@ same spec with the same rules (`readings`, `resample_group`) to samples as they 
 | --- | --- |
 | `spec` | `IngestSpec` and its parts: pydantic models of the YAML spec, cross-field rules as validators |
 | `readings` | one home for timestamps → int64 ns, channel ranges and the NaN rules (ingest and stream) |
+| `timeline` | messy time axes: the spec's `sort`, `jitter` and `duplicates` rules (ingest and stream) |
 | `log` | one CSV / Parquet file into a checked `RawLog` (columns, types, time order, bad readings) |
 | `resample` | the log's time axis and `resample_group` (interpolate / hold onto the dt grid) |
 | `episodes` | a `RawLog` into episodes: split at gaps, grid, minimum length |
@@ -22,6 +23,7 @@ from data_pipeline.ingest.log import RawLog, read_log
 from data_pipeline.ingest.readings import TIME_UNITS, ChannelRanges, ReadingError
 from data_pipeline.ingest.resample import resample_group, time_axis
 from data_pipeline.ingest.spec import (
+    DUPLICATE_RULES,
     GROUPS,
     NAN_POLICIES,
     RESAMPLE_METHODS,
@@ -35,6 +37,7 @@ from data_pipeline.ingest.spec import (
 )
 
 __all__ = [
+    "DUPLICATE_RULES",
     "FORMATS",
     "GROUPS",
     "NAN_POLICIES",

@@ -31,6 +31,7 @@ from data_pipeline.ingest.readings import (
 )
 from data_pipeline.ingest.resample import time_axis
 from data_pipeline.ingest.spec import IngestSpec
+from data_pipeline.ingest.timeline import ConflictError, OrderError, merge_instants, sort_order
 from data_pipeline.validate import DataValidationError
 
 
@@ -199,10 +200,11 @@ def read_log(path: str, fmt: str, spec: IngestSpec) -> RawLog:
         codes, names = pd.factorize(col.to_numpy(zero_copy_only=False))
         raw.episode = codes.astype(np.int64)
         raw.episode_names = [str(v) for v in names]
-    order = _check_time_order(raw, spec)
+    order = _time_order(raw, spec)
     if order is not None:
         raw.take(order)
         bad = bad[:, order]
+    bad = _merge_instants(raw, spec, bad)
     if bad.any():
         keep = apply_nan_policy(raw.data, bad, spec, time_s=raw.axis()[0])
         if keep is not None:
@@ -211,23 +213,45 @@ def read_log(path: str, fmt: str, spec: IngestSpec) -> RawLog:
     return raw
 
 
-def _check_time_order(raw: RawLog, spec: IngestSpec) -> np.ndarray | None:
-    """Check timestamps strictly increase within each episode in file order; return the permutation
-    that sorts rows by (episode, time), or None when they already are."""
-    order = np.argsort(raw.episode, kind="stable")
-    ep, t = raw.episode[order], raw.time_ns[order]
-    wrong = (np.diff(t) <= 0) & (ep[1:] == ep[:-1])
-    if wrong.any():
-        k = first_true(wrong)
-        i = int(order[k + 1])
-        kind = "duplicate" if t[k + 1] == t[k] else "decreasing"
-        episode = f" in episode {raw.episode_names[ep[k]]!r}" if spec.episode_column else ""
+def _episode_of(raw: RawLog, spec: IngestSpec, i: int) -> str:
+    return f" in episode {raw.episode_names[raw.episode[i]]!r}" if spec.episode_column else ""
+
+
+def _time_order(raw: RawLog, spec: IngestSpec) -> np.ndarray | None:
+    """The permutation that sorts rows by (episode, time), or None when they already are; a row out of order
+    by more than `jitter` is refused unless `sort: true` (`timeline.sort_order`)."""
+    try:
+        return sort_order(raw.time_ns, raw.episode, spec.jitter_ns, spec.sort)
+    except OrderError as err:
+        i, j = err.index, err.before
         raise DataValidationError(
-            f"{raw.path}: timestamp column '{spec.timestamp.column}' is {kind} at {raw.where(i)}{episode} "
-            f"({format_time(t[k], spec)} at {raw.where(int(order[k]))}, then {format_time(t[k + 1], spec)}); "
-            "expected strictly increasing timestamps"
-        )
-    return None if (np.diff(order) == 1).all() else order
+            f"{raw.path}: timestamp column '{spec.timestamp.column}' is decreasing at {raw.where(i)}"
+            f"{_episode_of(raw, spec, i)} ({format_time(raw.time_ns[j], spec)} at {raw.where(j)}, then "
+            f"{format_time(raw.time_ns[i], spec)}, {(raw.time_ns[j] - raw.time_ns[i]) / 1e9:g} s earlier); expected "
+            f"increasing timestamps (out of order by at most jitter: {spec.jitter:g} s), or set sort: true to "
+            "sort the rows by time"
+        ) from None
+
+
+def _merge_instants(raw: RawLog, spec: IngestSpec, bad: np.ndarray) -> np.ndarray:
+    """Rows at one instant (the same time) merged into one by the `duplicates` rule (`timeline`); returns
+    the merged rows' written-NaN/Inf mask. Rows are sorted by (episode, time)."""
+    try:
+        merged = merge_instants(raw.time_ns, raw.episode, raw.data, bad, spec.duplicates)
+    except ConflictError as err:
+        i, j = int(raw.row[err.index]), int(raw.row[err.first])
+        column = spec.channels()[err.channel][1].column
+        raise DataValidationError(
+            f"{raw.path}: timestamp column '{spec.timestamp.column}' is duplicate at {raw.where(i)}"
+            f"{_episode_of(raw, spec, err.index)} (the same time as {raw.where(j)}, "
+            f"{format_time(raw.time_ns[err.first], spec)}), and both report column '{column}'; expected one reading "
+            "per channel and instant, or set duplicates: first, last or mean"
+        ) from None
+    if merged is None:
+        return bad
+    raw.take(merged.rows)
+    raw.data = merged.data
+    return merged.bad
 
 
 def _check_ranges(raw: RawLog, spec: IngestSpec) -> None:

@@ -41,6 +41,8 @@ Resample = Literal["interpolate", "hold"]
 NanPolicy = Literal["error", "drop", "fill", "interpolate"]
 RESAMPLE_METHODS: tuple[str, ...] = get_args(Resample)
 NAN_POLICIES: tuple[str, ...] = get_args(NanPolicy)
+Duplicates = Literal["error", "first", "last", "mean"]
+DUPLICATE_RULES: tuple[str, ...] = get_args(Duplicates)
 GROUPS = ("observation", "action", "reward")
 
 
@@ -63,6 +65,12 @@ def _positive(value: float) -> float:
     return value
 
 
+def _not_negative(value: float) -> float:
+    if not value >= 0:
+        raise PydanticCustomError("not_negative", "expected a number of seconds >= 0")
+    return value
+
+
 def _unit_text(value: Any) -> Any:
     """A unit may be written as a bare number (`unit: 1`); YAML reads it as a number."""
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
@@ -73,6 +81,8 @@ Number = Annotated[float, Field(strict=True)]
 Integer = Annotated[int, Field(strict=True)]
 Seconds = Annotated[float, Field(strict=True), AfterValidator(_positive)]
 Unit = Annotated[str, BeforeValidator(_unit_text)]
+Tolerance = Annotated[float, Field(strict=True), AfterValidator(_not_negative)]
+Flag = Annotated[bool, Field(strict=True)]
 
 
 class _SpecModel(Spec):
@@ -219,6 +229,14 @@ class IngestSpec(_SpecModel):
     """A written NaN/Inf: 'error', 'drop' (the row), 'fill' (fill_value) or 'interpolate' (in time)."""
     fill_value: Number | None = None
     """The value of a written NaN/Inf under nan_policy: fill."""
+    sort: Flag = False
+    """Sort each episode's rows by time before the checks; false refuses a row earlier than an earlier row
+    by more than `jitter` (naming its line). The stream always sorts (its reorder buffer)."""
+    duplicates: Duplicates = "error"
+    """A channel reported twice at one instant: 'error', or keep the 'first' / 'last' reading, or their 'mean'."""
+    jitter: Tolerance = 0.0
+    """Clock jitter in seconds: a row earlier than an earlier row of its episode by at most this is sorted
+    into place even without `sort` (it never merges rows at different times)."""
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="wrap")
@@ -259,6 +277,11 @@ class IngestSpec(_SpecModel):
     def from_dict(cls, data: Any, source: str = "<spec>") -> IngestSpec:
         """Validate spec data already parsed (`source` names it in errors)."""
         return validate_spec(cls, data, source)
+
+    @property
+    def jitter_ns(self) -> int:
+        """`jitter` in integer nanoseconds, the unit of the time axis."""
+        return round(self.jitter * 1e9)
 
     def channels(self) -> list[tuple[str, ChannelSpec]]:
         """(group, channel) for every mapped column, observations first."""
@@ -313,5 +336,5 @@ class IngestSpec(_SpecModel):
         )
 
 
-__all__ = ["GROUPS", "NAN_POLICIES", "RESAMPLE_METHODS", "ActionSpec", "ChannelSpec", "GroupSpec", "IngestSpec",
-           "RewardSpec", "SpecError", "TimestampSpec"]
+__all__ = ["DUPLICATE_RULES", "GROUPS", "NAN_POLICIES", "RESAMPLE_METHODS", "ActionSpec", "ChannelSpec", "GroupSpec",
+           "IngestSpec", "RewardSpec", "SpecError", "TimestampSpec"]

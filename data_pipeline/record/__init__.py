@@ -9,7 +9,7 @@ episode k-1's final observation, the first at `start_time` (default: when record
 
 | module | job |
 | --- | --- |
-| `env_schema.py` | an env as a store: known channel names and units, dt, rendered observations, the schema |
+| `env_schema.py` | an env as a store: known names and units, dt, rendered or flattened (Dict / Tuple) obs, schema |
 | `rollout.py` | `record`: the rollout loop with a behaviour policy; commits on a clock and on SIGINT / SIGTERM |
 """
 
@@ -18,11 +18,14 @@ from data_pipeline.record.env_schema import (
     ChannelNames,
     RenderedObservation,
     env_dt,
+    flat_channel_names,
     known_channels,
     make_env,
+    read_names,
     schema_for_env,
 )
 from data_pipeline.record.rollout import COMMIT_INTERVAL, FLUSH_BYTES, Policy, RecordInterrupted, record
 
 __all__ = ["COMMIT_INTERVAL", "FLUSH_BYTES", "KNOWN_CHANNELS", "ChannelNames", "Policy", "RecordInterrupted",
-           "RenderedObservation", "env_dt", "known_channels", "make_env", "record", "schema_for_env"]
+           "RenderedObservation", "env_dt", "flat_channel_names", "known_channels", "make_env", "read_names", "record",
+           "schema_for_env"]

@@ -1,6 +1,6 @@
 """What a Gymnasium env looks like as a store: channel names and units of known simulators, the nominal
-step, rendered observations, and the store schema built from them (used by `record` and the Minari
-import)."""
+step, rendered observations, structured (Dict / Tuple) observations flattened into named channels, and
+the store schema built from them (used by `record` and the Minari import)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image
 
+from data_pipeline.errors import UserError
 from data_pipeline.schema import StoreSchema
+from data_pipeline.spaces import is_image_space
 
 _CHEETAH_JOINTS = ["bthigh", "bshin", "bfoot", "fthigh", "fshin", "ffoot"]
-
 
 
 class ChannelNames(TypedDict, total=False):
@@ -114,25 +115,116 @@ def env_dt(env: gym.Env) -> float:
     return 1.0 / fps if fps else 1.0
 
 
+def _join(prefix: str, part: str) -> str:
+    return f"{prefix}.{part}" if prefix else part
+
+
+def flat_channel_names(space: spaces.Space, prefix: str = "") -> list[str]:
+    """The names of `spaces.flatten(space, x)`'s entries, in its order: Dict keys and Tuple / array indices
+    joined by dots (`position.0`, `sensors.2.temp`), a Discrete's one-hot entry by its value
+    (`mode.3`), a MultiDiscrete's by index and value (`switches.1.0`). Raises UserError for a space
+    that is not a vector of numbers (an image, text, a graph or a sequence)."""
+    if isinstance(space, spaces.Dict):
+        return [n for key, sub in space.spaces.items() for n in flat_channel_names(sub, _join(prefix, str(key)))]
+    if isinstance(space, spaces.Tuple):
+        return [n for i, sub in enumerate(space.spaces) for n in flat_channel_names(sub, _join(prefix, str(i)))]
+    if is_image_space(space):
+        raise UserError(f"observation sub-space '{prefix or '(top)'}' is an image {space}; expected numbers only "
+                        "in a Dict / Tuple observation (record a flat image Box with --image-size instead)")
+    if isinstance(space, spaces.Box | spaces.MultiBinary):
+        shape = space.shape if space.shape else ()
+        return [_join(prefix, ".".join(map(str, idx))) if idx else prefix or "0" for idx in np.ndindex(*shape)]
+    if isinstance(space, spaces.Discrete):
+        return [_join(prefix, str(int(space.start) + i)) for i in range(int(space.n))]
+    if isinstance(space, spaces.MultiDiscrete):
+        nvec, start = space.nvec.reshape(-1), space.start.reshape(-1)
+        return [_join(prefix, f"{i}.{int(start[i]) + v}") for i in range(nvec.size) for v in range(int(nvec[i]))]
+    raise UserError(f"observation sub-space '{prefix or '(top)'}' is {space}; expected Box, Discrete, MultiBinary, "
+                    "MultiDiscrete, or a Dict / Tuple of them")
+
+
+def is_structured(space: spaces.Space) -> bool:
+    """A Dict or Tuple space: recorded flattened."""
+    return isinstance(space, spaces.Dict | spaces.Tuple)
+
+
+def _flattened(env: gym.Env) -> gym.Env:
+    """`env` with a Dict / Tuple observation flattened (gymnasium's FlattenObservation), names checked first."""
+    if not is_structured(env.observation_space):
+        return env
+    flat_channel_names(env.observation_space)  # refuses image and other non-numeric sub-spaces
+    return gym.wrappers.FlattenObservation(env)
+
+
 def make_env(env_id: str, image_size: int | None = None, **kwargs: Any) -> gym.Env:
-    """`gym.make(env_id, **kwargs)`; with `image_size`, its rendering (size, size, 3) is the observation."""
+    """`gym.make(env_id, **kwargs)`, a Dict / Tuple observation flattened into one vector; with `image_size`,
+    its rendering (size, size, 3) is the observation (and the flattened vector its state)."""
     if image_size:
-        return RenderedObservation(gym.make(env_id, render_mode="rgb_array", **kwargs), image_size)
-    return gym.make(env_id, **kwargs)
+        return RenderedObservation(_flattened(gym.make(env_id, render_mode="rgb_array", **kwargs)), image_size)
+    return _flattened(gym.make(env_id, **kwargs))
 
 
-def schema_for_env(env: gym.Env, env_id: str, image_size: int | None = None) -> StoreSchema:
-    """The store schema of an env: its spaces and dt, channel names and units where known."""
+def structured_space(env: gym.Env) -> spaces.Space | None:
+    """The Dict / Tuple observation space that `make_env` flattened, or None."""
+    inner: Any = env.env if isinstance(env, RenderedObservation) else env
+    if isinstance(inner, gym.wrappers.FlattenObservation):
+        return inner.env.observation_space
+    return None
+
+
+def read_names(text: str | None, what: str) -> list[str] | None:
+    """`--obs-names` / `--action-names`: a comma list (`theta,omega`) or a YAML file holding a list of names."""
+    if not text:
+        return None
+    if text.endswith((".yaml", ".yml")):
+        from data_pipeline.specfile import read_yaml  # duplicate-key refusal, errors naming the file
+
+        data = read_yaml(text)
+        if not (isinstance(data, list) and data and all(isinstance(n, str) and n for n in data)):
+            raise UserError(f"{text}: holds {type(data).__name__}; expected a YAML list of {what} names")
+        return list(data)
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise UserError(f"{what} names {text!r} hold an empty name; expected a comma list like 'a,b,c'")
+    return names
+
+
+def _named(names: list[str] | None, count: int, what: str, env_id: str) -> list[str] | None:
+    if names is not None and len(names) != count:
+        raise UserError(f"--{what}-names: {len(names)} names ({', '.join(names)}); expected {count}, one per "
+                        f"{what} channel of {env_id}")
+    if names is not None and len(set(names)) != len(names):
+        raise UserError(f"--{what}-names: a name is given twice ({', '.join(names)}); expected distinct names")
+    return names
+
+
+def schema_for_env(env: gym.Env, env_id: str, image_size: int | None = None, obs_names: list[str] | None = None,
+                   action_names: list[str] | None = None) -> StoreSchema:
+    """The store schema of an env: its spaces and dt; channel names from `obs_names` / `action_names`, else
+    a flattened Dict / Tuple's key paths, else a known simulator's names and units, else obs_0…."""
     state_space = env.state_space if isinstance(env, RenderedObservation) else env.observation_space
     n_obs = state_space.shape[0] if isinstance(state_space, spaces.Box) and len(state_space.shape) == 1 else 0
     n_act = env.action_space.shape[0] if isinstance(env.action_space, spaces.Box) else 1
     known = known_channels(env_id.split("-")[0], n_obs, n_act)
+    provenance: dict[str, Any] = {"source": "record", "env_id": env_id, "image_size": image_size,
+                                  "gymnasium": gym.__version__}
+    structured = structured_space(env)
+    if structured is not None:  # a reader maps the channels back with spaces.unflatten(space, row)
+        flat = flat_channel_names(structured)
+        known = ChannelNames(obs_channels=flat)
+        provenance["flattened_observation"] = {"space": str(structured), "channels": flat,
+                                               "by": "gymnasium.spaces.flatten"}
+    if (names := _named(obs_names, n_obs, "obs", env_id)) is not None:
+        known = ChannelNames(obs_channels=names, action_channels=known.get("action_channels", []),
+                             action_units=known.get("action_units", []))
+    if (names := _named(action_names, n_act, "action", env_id)) is not None:
+        known = ChannelNames(obs_channels=known.get("obs_channels", []), obs_units=known.get("obs_units", []),
+                             action_channels=names)
     return StoreSchema.from_spaces(
         env.observation_space,
         env.action_space,
         env_dt(env),
         state_dim=n_obs if image_size else None,
-        provenance={"source": "record", "env_id": env_id, "image_size": image_size,
-                    "gymnasium": gym.__version__},
+        provenance=provenance,
         **known,
     )

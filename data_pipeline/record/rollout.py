@@ -63,6 +63,8 @@ def record(
     env_kwargs: dict[str, Any] | None = None,
     start_time: int | None = None,
     commit_interval: float = COMMIT_INTERVAL,
+    obs_names: list[str] | None = None,
+    action_names: list[str] | None = None,
 ) -> TrajectoryStore:
     """Roll out `policy` in `num_envs` copies of `env_id` until `episodes` episodes are stored.
 
@@ -73,7 +75,9 @@ def record(
     the store's schema must match the env's. `start_time` (ns since the epoch) fixes the clock, so
     the store is bit-for-bit reproducible; by default the first episode starts now, or after the
     store's last row when appending. Finished episodes are committed at least every `commit_interval`
-    seconds (0: whenever one finishes). Returns the store, still open for writing: close it.
+    seconds (0: whenever one finishes). A Dict / Tuple observation is flattened into channels named by
+    its key paths (`env_schema.flat_channel_names`); `obs_names` / `action_names` name the channels
+    instead (one name each). Returns the store, still open for writing: close it.
 
     SIGINT and SIGTERM (in the main thread) commit the finished episodes, close the store and raise
     `RecordInterrupted`; the command line then exits 130 / 143.
@@ -90,7 +94,12 @@ def record(
     if max_episode_steps:
         kwargs["max_episode_steps"] = max_episode_steps
     envs = [make_env(env_id, image_size, **kwargs) for _ in range(num_envs)]
-    schema = schema_for_env(envs[0], env_id, image_size)
+    try:
+        schema = schema_for_env(envs[0], env_id, image_size, obs_names, action_names)
+    except BaseException:
+        for env in envs:
+            env.close()
+        raise
     opened = store is None
     if store is None:
         store = TrajectoryStore.open(out, mode="a") if append else TrajectoryStore.create(out, schema,

@@ -85,7 +85,7 @@ class StreamIngest:
         self.source = source
         self.config = config or StreamConfig()
         self.buffer = ReorderBuffer(self.config.reorder_window, self.config.reorder_capacity,
-                                    self.config.dedupe_memory)
+                                    self.config.dedupe_memory, spec.duplicates)
         self.resampler = Resampler(spec, store.schema)
         self.writer = SegmentWriter(store, source, self.config)
         self.guard = SkewGuard(self.config.max_skew_s(spec), self.config.skew_confirm)
@@ -131,6 +131,10 @@ class StreamIngest:
         status = self.buffer.push(s)
         if status == "duplicate":
             self.stats.duplicates += 1
+        elif status == "conflict":
+            self._reject(f"message {message}: two readings of one channel at t={s.time_ns} ns (another seq); "
+                         "expected one reading per channel and instant, or set duplicates: first, last or mean in "
+                         "the spec")
         elif status == "late":
             self.stats.late += 1
             if self.stats.late <= 5:  # flag the first few; the count says how many there were

@@ -1,4 +1,5 @@
-"""`ReorderBuffer`: samples back into time order, duplicates and late samples dropped."""
+"""`ReorderBuffer`: samples back into time order, duplicates and late samples dropped, samples at one
+instant merged by the spec's `duplicates` rule (`data_pipeline.ingest.timeline`, as the file ingest)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline.ingest.timeline import combine
 from data_pipeline.stream.messages import Sample
 
 
@@ -17,16 +19,21 @@ class ReorderBuffer:
     A sample is released once the stream has moved `window` seconds past it (the newest sample time
     seen minus the window), once it has waited `window` seconds on the wall clock, or when the buffer
     is over capacity. Samples with the same time (e.g. two sensors reporting in separate messages)
-    are merged into one row. Duplicates are the same `seq`, or without one the same time and
-    channels; a sample at or before one already released is *late*.
+    are merged into one row; a channel both report is settled by `duplicates` (the spec's rule:
+    'error' refuses the later sample as a *conflict*, 'first', 'last' or 'mean'). Duplicates are the
+    same `seq`, or without one the same time and channels; a sample at or before one already
+    released is *late*.
     """
 
-    def __init__(self, window: float, capacity: int = 100_000, dedupe_memory: int = 65_536) -> None:
+    def __init__(self, window: float, capacity: int = 100_000, dedupe_memory: int = 65_536,
+                 duplicates: str = "error") -> None:
         self.window_ns = round(window * 1e9)
         self.window_s = window
         self.capacity = capacity
         self._heap: list[int] = []
         self._rows: dict[int, Sample] = {}
+        self._counts: dict[int, np.ndarray] = {}  # readings averaged per channel (duplicates: mean)
+        self.duplicates = duplicates
         self._seen: set[tuple[Any, ...]] = set()
         self._seen_order: deque[tuple[Any, ...]] = deque()
         self._memory = dedupe_memory
@@ -38,7 +45,8 @@ class ReorderBuffer:
         return len(self._heap)
 
     def push(self, sample: Sample) -> str:
-        """Buffer a sample; returns "ok", "duplicate" or "late"."""
+        """Buffer a sample; returns "ok", "duplicate", "late" or "conflict" (a channel already held at
+        this instant, under duplicates: error; the sample is dropped)."""
         key = sample.key()
         if key in self._seen:
             return "duplicate"
@@ -49,8 +57,10 @@ class ReorderBuffer:
         if held is None:
             self._rows[sample.time_ns] = sample
             heapq.heappush(self._heap, sample.time_ns)
-        else:  # same instant: merge the channels (the newer reading wins where both report)
-            held.values = np.where(np.isfinite(sample.values), sample.values, held.values)
+        else:  # same instant: merge the channels, the duplicates rule where both report
+            count = self._counts.setdefault(sample.time_ns, np.isfinite(held.values).astype(np.int64))
+            if combine(held.values, count, sample.values, self.duplicates) is not None:
+                return "conflict"
             held.arrival = max(held.arrival, sample.arrival)
         if self.newest_ns is None or sample.time_ns > self.newest_ns:
             self.newest_ns = sample.time_ns
@@ -87,4 +97,5 @@ class ReorderBuffer:
     def _pop(self) -> Sample:
         t = heapq.heappop(self._heap)
         self.released_ns = t
+        self._counts.pop(t, None)
         return self._rows.pop(t)
