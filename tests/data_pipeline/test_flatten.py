@@ -107,9 +107,6 @@ def test_record_dict_env_by_module_id(tmp_path: Path) -> None:
     assert TrajectoryStore.open(out).num_episodes == 3  # it opens and reads; validate: the test below
 
 
-@pytest.mark.xfail(strict=True, reason="store/layout.py writes the channel coordinate arrays without "
-                                       "write_empty_chunks: all-empty units leave no chunk file and validate calls "
-                                       "the store corrupted (any env without known units, on main too)")
 def test_recorded_user_env_store_validates(tmp_path: Path) -> None:
     out = str(tmp_path / "arm.zarr")
     record(f"{MODULE}:TwArm-v0", 1, out, progress=False, start_time=0).close()
