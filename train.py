@@ -125,6 +125,9 @@ class TwinCLI(LightningCLI):
         self.datamodule.prepare()
         self.tracker.log_hyperparams({"config": self._resolved_config()[:5900]})
         self.tracker.log_hyperparams(fit_params(self.datamodule, self.model.kind, self.model.model_config))
+        usage = self.datamodule.usage  # short episodes are never dropped silently (docs/windows.md)
+        print(f"data_used: {usage}", flush=True)
+        self.tracker.log_hyperparams({"data_used": f"{usage.fraction:.3f}", "data.window_used": usage.window})
 
     def after_fit(self) -> None:
         from tracking.publish import EXIT_PENDING, PublishPending, publish_command, publish_model

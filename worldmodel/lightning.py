@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from data_pipeline.windows.batch import Batch
 from worldmodel.base import ModelBase
-from worldmodel.evaluation import evaluate_split
+from worldmodel.evaluation import explain_evaluation
 from worldmodel.io import load_checkpoint_file
 from worldmodel.kinds import ModelKind, build_model, resolve_config
 
@@ -144,9 +144,13 @@ class WorldModelModule(L.LightningModule):
 
     def _log_evaluation(self, split: str) -> None:
         hp = self.hparams
-        metrics = evaluate_split(self.world_model, self._datamodule(), split, context=hp["eval_context"],
-                                 horizons=tuple(hp["eval_horizons"]), samples=hp["eval_samples"],
-                                 max_windows=hp["eval_windows"])
+        evaluation = explain_evaluation(self.world_model, self._datamodule(), split, context=hp["eval_context"],
+                                        horizons=tuple(hp["eval_horizons"]), samples=hp["eval_samples"],
+                                        max_windows=hp["eval_windows"])
+        if evaluation.note:  # a dropped horizon or a skipped evaluation is never silent
+            print(f"evaluation: skipped ({evaluation.note})" if evaluation.metrics is None else
+                  f"evaluation: {evaluation.note}")
+        metrics = evaluation.metrics
         if metrics is None:
             return
         self.evaluation = metrics
