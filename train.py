@@ -20,6 +20,7 @@ read with `torch.load(weights_only=True)`; a checkpoint that would run code is r
 
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -29,12 +30,13 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_pipeline.windows.datamodule import WindowDataModule
 from tracking.runs import fit_params, open_tracker, run_name
 from worldmodel.io import checkpoint_error
 from worldmodel.kinds import ConfigError, config_fields_help, resolve_config
-from worldmodel.lightning import SafeCheckpointIO, WorldModelModule
+from worldmodel.lightning import Preempted, Preemption, SafeCheckpointIO, WorldModelModule
 
 
 class HelpFormatter(DefaultHelpFormatter):
@@ -102,6 +104,9 @@ class TwinCLI(LightningCLI):
                                     store=str(cfg.data.store))
         trainer = super().instantiate_trainer(**kwargs)
         trainer.loggers = [self.tracker]
+        # SIGTERM / SIGUSR1: save last.ckpt and exit 128 + signal. The connector sets `callbacks`; Trainer does
+        # not declare it.
+        trainer.callbacks.append(Preemption())  # type: ignore[attr-defined]
         # Every checkpoint load goes through worldmodel.io (weights_only=True), local or URL; a user's own
         # CheckpointIO plugin is kept (it still receives weights_only=True).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -125,6 +130,9 @@ class TwinCLI(LightningCLI):
         self.datamodule.prepare()
         self.tracker.log_hyperparams({"config": self._resolved_config()[:5900]})
         self.tracker.log_hyperparams(fit_params(self.datamodule, self.model.kind, self.model.model_config))
+        usage = self.datamodule.usage  # short episodes are never dropped silently (docs/windows.md)
+        print(f"data_used: {usage}", flush=True)
+        self.tracker.log_hyperparams({"data_used": f"{usage.fraction:.3f}", "data.window_used": usage.window})
 
     def after_fit(self) -> None:
         from tracking.publish import EXIT_PENDING, PublishPending, publish_command, publish_model
@@ -172,15 +180,22 @@ def main(argv: list[str] | None = None) -> int:
 
         policy_main(given[1:])
         return 0
-    cli = TwinCLI(
-        WorldModelModule,
-        WindowDataModule,
-        args=argv,  # None: LightningCLI reads sys.argv itself
-        seed_everything_default=0,
-        save_config_callback=None,  # the resolved config goes to MLflow and the run folder instead
-        parser_kwargs={"formatter_class": HelpFormatter},  # subcommand parsers inherit it
-        trainer_defaults={"log_every_n_steps": 10, "logger": False},  # the MLflow tracker replaces the logger
-    )
+    try:
+        cli = TwinCLI(
+            WorldModelModule,
+            WindowDataModule,
+            args=argv,  # None: LightningCLI reads sys.argv itself
+            seed_everything_default=0,
+            save_config_callback=None,  # the resolved config goes to MLflow and the run folder instead
+            parser_kwargs={"formatter_class": HelpFormatter},  # subcommand parsers inherit it
+            trainer_defaults={"log_every_n_steps": 10, "logger": False},  # the MLflow tracker replaces the logger
+        )
+    except SIGTERMException as err:  # Lightning's own stop (outside a training batch) would exit 0
+        if isinstance(err, Preempted):
+            raise
+        print("train.py: stopped by SIGTERM outside a training batch; --ckpt_path last resumes from the newest "
+              "periodic checkpoint", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return cli.exit_code
 
 

@@ -33,7 +33,7 @@ from data_pipeline.errors import UserError, run_cli
 from data_pipeline.store.files import atomic_write
 from tracking.logger import BufferedMLflowLogger
 from worldmodel.base import ModelBase
-from worldmodel.evaluation import evaluate_split, format_table
+from worldmodel.evaluation import evaluate_split, explain_evaluation
 from worldmodel.io import MODEL_FILE
 
 __all__ = ["EXIT_PENDING", "PUBLISH_FILE", "PublishPending", "PublishRequest", "evaluate_split", "log_pyfunc",
@@ -151,10 +151,10 @@ def publish_model(
     model_file = run_dir / MODEL_FILE
     model.eval()
     model.save(str(model_file))
-    metrics = evaluate_split(model, datamodule, "test", **eval_kwargs)
-    if metrics:
-        print(format_table(metrics, eval_kwargs["horizons"]))
-        tracker.log_metrics({f"test_eval/{k}": v for k, v in metrics.items()})  # spooled on disk too
+    evaluation = explain_evaluation(model, datamodule, "test", **eval_kwargs)
+    print(evaluation.report())  # the table, and which horizons were dropped; or why evaluation was skipped
+    if evaluation.metrics:
+        tracker.log_metrics({f"test_eval/{k}": v for k, v in evaluation.metrics.items()})  # spooled on disk too
     (run_dir / "config.yaml").write_text(resolved_config)
     PublishRequest(
         run_id=tracker.run_id, tracking_uri=absolute_uri(tracker.tracking_uri),

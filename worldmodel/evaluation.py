@@ -14,6 +14,7 @@ Image models report `pixel_rmse` (0-255 scale) and `persistence_pixel_rmse`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -157,15 +158,51 @@ def evaluate(
     return metrics
 
 
+@dataclass(frozen=True)
+class SplitEvaluation:
+    """What `explain_evaluation` found: the metrics (None when skipped), the horizons they cover, and why
+    any requested horizon is missing ("" when none is)."""
+
+    metrics: dict[str, float] | None
+    horizons: tuple[int, ...]
+    note: str
+
+    def report(self) -> str:
+        """The lines a command prints: the table, then the note; or `evaluation: skipped (…why…)`."""
+        if self.metrics is None:
+            return f"evaluation: skipped ({self.note})"
+        table = format_table(self.metrics, self.horizons)
+        return f"{table}\nevaluation: {self.note}" if self.note else table
+
+
+def explain_evaluation(model: WorldModel, datamodule: Any, split: str, context: int, horizons: tuple[int, ...],
+                       samples: int, max_windows: int) -> SplitEvaluation:
+    """Open-loop evaluation on a split of a `WindowDataModule`'s store, with the ridge baseline fitted on its
+    train split, at the requested horizons that the split's episodes hold (`context + h` rows); the others
+    are dropped and the note says so. Skipped, with the reason, where none fits or the split is empty."""
+    longest = datamodule.longest_episode(split)
+    kept = tuple(h for h in horizons if context + h <= longest)
+    if not longest:
+        return SplitEvaluation(None, (), f"the {split} split holds no episode")
+    if not kept:
+        return SplitEvaluation(None, (), f"the longest {split} episode has {longest} rows; the shortest horizon "
+                                         f"needs {context + min(horizons)} (model.eval_context {context} + "
+                                         f"{min(horizons)}); lower model.eval_context or record longer episodes")
+    dropped = [h for h in horizons if h not in kept]
+    note = (f"horizons {', '.join(map(str, dropped))} dropped (the longest {split} episode has {longest} rows, "
+            f"fewer than model.eval_context {context} + horizon)") if dropped else ""
+    windows = split_eval_windows(datamodule, split, context + max(kept), max_windows)
+    if windows is None:  # unreachable while `longest` holds the window; kept for a store changed underneath
+        return SplitEvaluation(None, (), f"no {split} episode holds {context + max(kept)} rows")
+    train = split_eval_windows(datamodule, "train", datamodule.window, max_windows)
+    metrics = evaluate(model, windows, context=context, horizons=kept, samples=samples, train=train)
+    return SplitEvaluation(metrics, kept, note)
+
+
 def evaluate_split(model: WorldModel, datamodule: Any, split: str, context: int, horizons: tuple[int, ...],
                    samples: int, max_windows: int) -> dict[str, float] | None:
-    """Open-loop evaluation on a split of a `WindowDataModule`'s store, with the ridge baseline fitted on
-    its train split (None where no episode of the split is long enough)."""
-    windows = split_eval_windows(datamodule, split, context + max(horizons), max_windows)
-    if windows is None:
-        return None
-    train = split_eval_windows(datamodule, "train", datamodule.hparams.window, max_windows)
-    return evaluate(model, windows, context=context, horizons=horizons, samples=samples, train=train)
+    """The metrics of `explain_evaluation` (None when it was skipped)."""
+    return explain_evaluation(model, datamodule, split, context, horizons, samples, max_windows).metrics
 
 
 def format_table(metrics: dict[str, float], horizons: Sequence[int] = DEFAULT_HORIZONS) -> str:

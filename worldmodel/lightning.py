@@ -9,17 +9,21 @@ inside every Lightning checkpoint.
 from __future__ import annotations
 
 import hashlib
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_pipeline.windows.batch import Batch
 from worldmodel.base import ModelBase
-from worldmodel.evaluation import evaluate_split
+from worldmodel.evaluation import explain_evaluation
 from worldmodel.io import load_checkpoint_file
 from worldmodel.kinds import ModelKind, build_model, resolve_config
 
@@ -44,6 +48,59 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
             raise CheckpointError(f"{path}: not a Lightning checkpoint (holds a {type(data).__name__}, not a dict)")
         return data
+
+
+class Preempted(SIGTERMException):
+    """Training stopped by SIGTERM or SIGUSR1 after saving a resumable checkpoint; exits with 128 + the signal,
+    as a shell reports a process that signal ended (143 for SIGTERM), so `&&` chains and schedulers see an
+    unfinished run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class Preemption(Callback):
+    """Saves `last.ckpt` at the end of the training batch during which SIGTERM or SIGUSR1 arrived, then
+    stops the fit with `Preempted` (docs/cluster.md). Cluster schedulers send SIGTERM before preemption.
+
+    Lightning's own handlers stay: its SIGTERM handler only sets `trainer.received_sigterm` (read here); under
+    SLURM with auto-requeue its SIGUSR1 handler saves an hpc checkpoint and requeues the job, and this
+    callback leaves SIGUSR1 to it. Otherwise SIGUSR1 (which would kill the process) is handled here.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: Any = None
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        usr1 = signal.SIGUSR1
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(usr1) in (signal.SIG_DFL, None):
+            self._previous = signal.signal(usr1, self._note)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        signum = signal.SIGTERM if trainer.received_sigterm else self.signum
+        if signum is None:
+            return
+        callback = trainer.checkpoint_callback
+        dirpath = callback.dirpath if isinstance(callback, ModelCheckpoint) else None
+        path = Path(dirpath or trainer.default_root_dir) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt"
+        if isinstance(callback, ModelCheckpoint):  # so the resumed run's ModelCheckpoint overwrites it (no last-v1)
+            callback.last_model_path = str(path)
+        trainer.save_checkpoint(path)  # the state ModelCheckpoint saves here too: resumes at the next batch
+        if trainer.is_global_zero:
+            print(f"preempted: {signal.Signals(signum).name} at global step {trainer.global_step}; checkpoint "
+                  f"saved: {path} (run the same command with --ckpt_path last to resume)", file=sys.stderr,
+                  flush=True)
+        raise Preempted(int(signum))
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
 
 
 class WorldModelModule(L.LightningModule):
@@ -144,9 +201,13 @@ class WorldModelModule(L.LightningModule):
 
     def _log_evaluation(self, split: str) -> None:
         hp = self.hparams
-        metrics = evaluate_split(self.world_model, self._datamodule(), split, context=hp["eval_context"],
-                                 horizons=tuple(hp["eval_horizons"]), samples=hp["eval_samples"],
-                                 max_windows=hp["eval_windows"])
+        evaluation = explain_evaluation(self.world_model, self._datamodule(), split, context=hp["eval_context"],
+                                        horizons=tuple(hp["eval_horizons"]), samples=hp["eval_samples"],
+                                        max_windows=hp["eval_windows"])
+        if evaluation.note:  # a dropped horizon or a skipped evaluation is never silent
+            print(f"evaluation: skipped ({evaluation.note})" if evaluation.metrics is None else
+                  f"evaluation: {evaluation.note}")
+        metrics = evaluation.metrics
         if metrics is None:
             return
         self.evaluation = metrics

@@ -13,7 +13,7 @@ which chunks are resident. docs/windows.md explains the scheme and its guarantee
 | module | job |
 | --- | --- |
 | `batch.py` | `Batch` (what models receive), `Normalization`, `to_batch` (store rows → Batch) |
-| `split.py` | the deterministic train / val / test split by episode; episodes long enough for a window |
+| `split.py` | the deterministic train / val / test split by episode; the window fitted to the episodes; data used |
 | `normalization.py` | per-channel statistics of the train split, cached in the store's attrs |
 | `cache.py` | `ChunkCache`: whole chunks in fixed slots under a byte budget, windows gathered in one index |
 | `sampler.py` | `WindowSampler`: random training windows, rotating through a store larger than the cache |
@@ -29,7 +29,7 @@ from data_pipeline.windows.dataset import EpochDataLoader, LoaderShard, TrainPos
 from data_pipeline.windows.fixed import FixedWindows, eval_starts, eval_windows
 from data_pipeline.windows.normalization import normalization_for
 from data_pipeline.windows.sampler import WindowSampler
-from data_pipeline.windows.split import SPLITS, split_episodes, usable_episodes
+from data_pipeline.windows.split import SPLITS, DataUsage, fitting_window, split_episodes, usable_episodes
 
 __all__ = [
     "LOCAL_RUN_CHUNKS",
@@ -38,6 +38,7 @@ __all__ = [
     "WINDOW_VARS",
     "Batch",
     "ChunkCache",
+    "DataUsage",
     "EpochDataLoader",
     "FixedWindows",
     "LoaderShard",
@@ -49,6 +50,7 @@ __all__ = [
     "chunk_span",
     "eval_starts",
     "eval_windows",
+    "fitting_window",
     "normalization_for",
     "split_episodes",
     "split_eval_windows",

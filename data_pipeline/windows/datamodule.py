@@ -24,7 +24,7 @@ from data_pipeline.windows.batch import Batch, Normalization
 from data_pipeline.windows.dataset import EpochDataLoader, TrainPosition, WindowDataset
 from data_pipeline.windows.fixed import eval_starts, eval_windows
 from data_pipeline.windows.normalization import normalization_for
-from data_pipeline.windows.split import split_episodes, usable_episodes
+from data_pipeline.windows.split import DataUsage, fitting_window, split_episodes, usable_episodes
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,12 @@ class _StoreFacts:
     normalization: Normalization
     episodes: dict[str, tuple[np.ndarray, np.ndarray]]
     """(start, length) rows of each split's episodes that hold a training window."""
+    window: int
+    """Rows per training window: the requested one, shortened to fit the train episodes (`fitting_window`)."""
+    usage: DataUsage
+    """How much of the train split the windows cover."""
+    longest: dict[str, int]
+    """Rows of each split's longest episode (0 for an empty split): the longest evaluation window it holds."""
 
 
 class WindowDataModule(L.LightningDataModule):
@@ -62,6 +68,7 @@ class WindowDataModule(L.LightningDataModule):
         val_batches: int = 20,
         sample_seed: int = 0,
         storage_options: dict[str, Any] | None = None,
+        window_coverage: float = 0.9,
     ) -> None:
         """
         Args:
@@ -77,12 +84,17 @@ class WindowDataModule(L.LightningDataModule):
             val_batches: Most batches of fixed windows for validation and for test.
             sample_seed: Base seed of the training-window RNG streams.
             storage_options: fsspec options for a URL store (credentials stay out of the checkpoint).
+            window_coverage: Shorten `window` where needed so that at least this fraction of the train
+                episodes holds one (never below 2 rows); 0 keeps `window` and skips shorter episodes.
         """
         super().__init__()
         if window < 1 or batch_size < 1:
             raise ValueError(f"data: window={window} and batch_size={batch_size} must be ≥ 1")
+        if not 0 <= window_coverage <= 1:
+            raise ValueError(f"data: window_coverage={window_coverage} must lie in [0, 1]")
         self.save_hyperparameters(ignore=["storage_options"])
-        self.store_path, self.window, self.batch_size = str(store), window, batch_size
+        self.store_path, self.requested_window, self.batch_size = str(store), window, batch_size
+        self.window_coverage = window_coverage
         self.split_seed, self.val_fraction, self.test_fraction = split_seed, val_fraction, test_fraction
         self.cache_bytes = int(cache_mb * (1 << 20))
         self.num_workers, self.batches_per_epoch = num_workers, batches_per_epoch
@@ -112,12 +124,18 @@ class WindowDataModule(L.LightningDataModule):
             split = split_episodes(store, self.split_seed, self.val_fraction, self.test_fraction)
             key = {"seed": self.split_seed, "val_fraction": self.val_fraction,
                    "test_fraction": self.test_fraction}
+            lengths = store.episodes()["length"].to_numpy(np.int64)
+            train_lengths = lengths[split["train"]]
+            window = fitting_window(train_lengths, self.requested_window, self.window_coverage)
             self._facts = _StoreFacts(
                 schema=store.schema,
                 split=split,
                 fingerprint=store.fingerprint(),
                 normalization=normalization_for(store, split["train"], split_key=key),
-                episodes={name: usable_episodes(store, pos, self.window) for name, pos in split.items()},
+                episodes={name: usable_episodes(store, pos, window) for name, pos in split.items()},
+                window=window,
+                usage=DataUsage.of(train_lengths, window, self.requested_window),
+                longest={name: int(lengths[pos].max()) if len(pos) else 0 for name, pos in split.items()},
             )
         finally:
             store.close()
@@ -145,6 +163,20 @@ class WindowDataModule(L.LightningDataModule):
     @property
     def fingerprint(self) -> str:
         return self._store_facts().fingerprint
+
+    @property
+    def window(self) -> int:
+        """Rows per training window: `window`, shortened to fit the train episodes (see `window_coverage`)."""
+        return self._store_facts().window
+
+    @property
+    def usage(self) -> DataUsage:
+        """How much of the train split training sees (`data_used: 93% of transitions (412/443 episodes)`)."""
+        return self._store_facts().usage
+
+    def longest_episode(self, split: str) -> int:
+        """Rows of the longest episode of a split ("train", "val", "test"); 0 when the split is empty."""
+        return self._store_facts().longest[split]
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: WindowDataset) -> EpochDataLoader:

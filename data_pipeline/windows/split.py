@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -80,3 +81,50 @@ def usable_episodes(
             stacklevel=2,
         )
     return starts[keep], lengths[keep]
+
+
+def fitting_window(lengths: Sequence[int] | np.ndarray, window: int, coverage: float, floor: int = 2) -> int:
+    """The requested `window`, shortened where needed so that at least `coverage` of the episodes (given by
+    their lengths in rows) hold one; never below `floor` rows (one transition needs 2), nor above `window`.
+
+    A store of short episodes (a balancing task under a random policy: 5–26 rows) would otherwise lose most
+    of its data to a window tuned on long ones; a store whose episodes all hold the window keeps it as is.
+    `coverage=0` turns the adaptation off.
+    """
+    n = np.sort(np.asarray(lengths, np.int64))
+    if coverage <= 0 or not len(n):
+        return window
+    # The longest w with #(lengths >= w) >= ceil(coverage * len): the k-th shortest, k = len - ceil(...).
+    k = len(n) - int(np.ceil(min(coverage, 1.0) * len(n) - 1e-9))
+    return int(max(min(window, int(n[k])), min(floor, window)))
+
+
+@dataclass(frozen=True)
+class DataUsage:
+    """How much of a split training actually sees: the episodes holding a window and their transitions."""
+
+    episodes_used: int
+    episodes: int
+    transitions_used: int
+    transitions: int
+    window: int
+    """Rows per training window, after `fitting_window`."""
+    requested_window: int
+
+    @classmethod
+    def of(cls, lengths: np.ndarray, window: int, requested_window: int) -> DataUsage:
+        """Usage of the episodes with these lengths (rows; an episode of n rows holds n - 1 transitions)."""
+        kept = lengths >= window
+        return cls(int(kept.sum()), len(lengths), int((lengths[kept] - 1).sum()), int((lengths - 1).sum()),
+                   window, requested_window)
+
+    @property
+    def fraction(self) -> float:
+        return self.transitions_used / self.transitions if self.transitions else 0.0
+
+    def __str__(self) -> str:
+        """`93% of transitions (412/443 episodes)`, with the window when it was shortened."""
+        text = (f"{self.fraction:.0%} of transitions ({self.episodes_used}/{self.episodes} episodes)")
+        if self.window != self.requested_window:
+            text += f"; window {self.window} rows, shortened from {self.requested_window} to fit the episodes"
+        return text
