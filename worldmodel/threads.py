@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +143,8 @@ _applied: list[ThreadChoice] = []
 
 def apply_threads(requested: Threads = "auto", *, kind: str | None = None, preset: str | None = None,
                   processes: int = 1, quiet: bool = False) -> ThreadChoice:
-    """Set torch's intra-op and inter-op thread counts from `choose_threads` and print the choice once (stderr).
+    """Set torch's intra-op and inter-op thread counts from `choose_threads` and print the choice once, on
+    stdout beside the command's other `key: value` lines (stderr stays one line for a user error).
 
     Inter-op threads (torch runs independent ops on them, rarely in eager code) get the same count, so the
     two pools together stay within the budget's order; torch allows setting them once per process, before
@@ -159,6 +159,6 @@ def apply_threads(requested: Threads = "auto", *, kind: str | None = None, prese
         pass
     rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
     if not quiet and rank == "0" and choice not in _applied:
-        print(choice, file=sys.stderr, flush=True)
+        print(choice, flush=True)
     _applied.append(choice)
     return choice

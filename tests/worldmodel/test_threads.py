@@ -91,7 +91,7 @@ def test_apply_sets_torch_and_prints_once(monkeypatch: pytest.MonkeyPatch, capsy
         apply_threads(2)
         assert torch.get_num_threads() == 2
         apply_threads(2)
-        assert capsys.readouterr().err.count("threads: 2 (--threads") == 1
+        assert capsys.readouterr().out.count("threads: 2 (--threads") == 1
     finally:
         torch.set_num_threads(1)
 
@@ -116,5 +116,5 @@ def test_fit_threads_option_reaches_torch(tiny_store: Callable[..., TinyStore], 
     proc = subprocess.run(args, cwd=tmp_path, env={**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "threads: 1 (--threads" in proc.stderr
+    assert "threads: 1 (--threads" in proc.stdout
     assert "torch_threads: 1" in proc.stdout
