@@ -24,7 +24,6 @@ on stderr and exit code 1; TWINWORLD_DEBUG=1 shows its traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -46,6 +45,8 @@ from scenarios import (
     summarize,
     track_run,
 )
+from tracking.runs import system_name
+from worldmodel.threads import apply_threads, parse_threads
 
 __all__ = ["block_seed", "generate", "main", "resolve_starts"]  # the library lives in scenarios/
 
@@ -67,7 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-memory", type=byte_size, default=None, metavar="SIZE",
                         help="memory one block of scenarios may take, e.g. 2G or 512M (default: half the "
                         "available RAM); a spec whose block needs more is refused before anything is written")
-    parser.add_argument("--experiment", default="twinworld", help="MLflow experiment name")
+    parser.add_argument("--experiment", default=None,
+                        help="MLflow experiment name (default: the store's system, e.g. cartpole)")
+    parser.add_argument("--threads", type=parse_threads, default="auto",
+                        help="torch CPU threads per process: a number, or auto (the CPUs this process may use: "
+                        "affinity, cgroup quota, SLURM_CPUS_PER_TASK, OMP_NUM_THREADS; shared among --devices)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow tracking (no run_id)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -117,10 +122,10 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         fabric.launch()
         rank, world_size, barrier = fabric.global_rank, fabric.world_size, fabric.barrier
         device = fabric.device
-        if device.type == "cpu":  # ranks share the cores instead of oversubscribing them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     else:
         device = single_device(args.accelerator)  # one process: no need to import Lightning
+    # CPU ranks on one node share its cores instead of oversubscribing them.
+    apply_threads(args.threads, processes=args.devices if device.type == "cpu" else 1)
     if args.model.startswith(("runs:/", "models:/")):
         import mlflow
 
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         result["plots"] = str(plot_dir)
     if not args.no_mlflow:
         result["run_id"] = track_run(spec, config=args.config, model=args.model, store=args.store, out=args.out,
-                                     devices=args.devices, experiment=args.experiment, fingerprint=fingerprint,
+                                     devices=args.devices,
+                                     experiment=args.experiment or system_name(args.store), fingerprint=fingerprint,
                                      n_scenarios=len(index), files=files, plot_dir=plot_dir, table=table,
                                      calibration=calibration)
     for key, value in result.items():

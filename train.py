@@ -33,10 +33,11 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_pipeline.windows.datamodule import WindowDataModule
-from tracking.runs import fit_params, open_tracker, run_name
+from tracking.runs import default_names, fit_params, open_tracker, run_name
 from worldmodel.io import checkpoint_error
 from worldmodel.kinds import ConfigError, config_fields_help, resolve_config
 from worldmodel.lightning import Preempted, Preemption, SafeCheckpointIO, WorldModelModule
+from worldmodel.threads import Threads, apply_threads, parse_threads
 
 
 class HelpFormatter(DefaultHelpFormatter):
@@ -47,15 +48,27 @@ class HelpFormatter(DefaultHelpFormatter):
                          for line in text.splitlines())
 
 
+def _cpu_processes(trainer: Any) -> int:
+    """Processes of a CPU run on this node (`--trainer.devices N` on CPU: N DDP ranks share the cores)."""
+    devices = trainer.get("devices") if hasattr(trainer, "get") else None
+    on_cpu = trainer.get("accelerator") == "cpu" if hasattr(trainer, "get") else False
+    return devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
+
+
 class TwinCLI(LightningCLI):
     """LightningCLI with twinworld's tracking, checkpoint layout and the end-of-fit model publishing."""
 
     exit_code = 0
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_argument("--mlflow.experiment", default="twinworld", help="MLflow experiment name")
-        parser.add_argument("--mlflow.registered_model_name", default="twinworld-worldmodel",
-                            help="Model Registry name the trained model is registered under ('' to skip)")
+        parser.add_argument("--mlflow.experiment", type=str | None, default=None,
+                            help="MLflow experiment name (default: the store's system, e.g. cartpole)")
+        parser.add_argument("--mlflow.registered_model_name", type=str | None, default=None,
+                            help="Model Registry name the trained model is registered under ('' to skip; "
+                                 "default: <system>-<kind> from the store, e.g. cartpole-ensemble)")
+        parser.add_argument("--threads", type=Threads, default="auto",
+                            help="torch CPU threads: a number, or auto (the CPUs this process may use: affinity, "
+                                 "cgroup quota, SLURM_CPUS_PER_TASK, OMP_NUM_THREADS; one for small models)")
         parser.add_argument("--mlflow.run_name", default=None, help="MLflow run name (default: kind-store-seed)")
         parser.add_argument("--mlflow.publish_timeout_s", type=float, default=120.0,
                             help="seconds the end of fit keeps retrying an unreachable tracking server (metrics, "
@@ -93,6 +106,14 @@ class TwinCLI(LightningCLI):
             resolve_config(cfg.model.kind, cfg.model.config)
         except ConfigError as err:
             self.parser.error(str(err))
+        preset = cfg.model.config.get("preset") if cfg.model.config else None
+        apply_threads(parse_threads(cfg.threads), kind=cfg.model.kind, preset=preset,
+                      processes=_cpu_processes(cfg.trainer))
+        if cfg.mlflow.experiment is None or cfg.mlflow.registered_model_name is None:
+            names = default_names(cfg.model.kind, str(cfg.data.store or ""), cfg.data.get("storage_options"))
+            cfg.mlflow.experiment = cfg.mlflow.experiment or names.experiment
+            if cfg.mlflow.registered_model_name is None:
+                cfg.mlflow.registered_model_name = names.registered_model
         self.run_name = cfg.mlflow.run_name or run_name(cfg.model.kind, str(cfg.data.store or ""), cfg.model.seed)
         self.run_dir = Path(cfg.out_dir) / self.run_name
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from data_pipeline.specfile import validate_spec
 from policies.config import PolicyConfig
+from worldmodel.threads import Threads, apply_threads, parse_threads
 
 OUTPUT_KEYS = ("policy", "policy_uri", "real_return", "real_steps", "model", "run_id")
 
@@ -34,6 +35,9 @@ def build_parser() -> ArgumentParser:
                             default_config_files=[], env_prefix="TWINWORLD_POLICY")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config (keys of PolicyConfig)")
     parser.add_class_arguments(PolicyConfig, as_group=False)
+    parser.add_argument("--threads", type=Threads, default="auto",
+                        help="torch CPU threads: a number, or auto (one: the agent's MLPs are small; an explicit "
+                        "OMP_NUM_THREADS is respected); sets torch_threads")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from out_dir's checkpoint")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow --resume from an old checkpoint (SB3 zip, pickled replay buffer): loading it "
@@ -49,8 +53,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     ns = parser.parse_args(argv)
     resume = bool(ns.pop("resume"))
     trust_pickle = bool(ns.pop("trust_pickle"))
+    threads = apply_threads(parse_threads(ns.pop("threads")), kind="policy").threads
     ns.pop("config", None)
-    cfg = validate_spec(PolicyConfig, ns.as_dict(), "train.py policy")
+    cfg = validate_spec(PolicyConfig, {**ns.as_dict(), "torch_threads": threads}, "train.py policy")
     outputs = train_policy(cfg, resume=resume, trust_pickle=trust_pickle)
     for key in OUTPUT_KEYS:
         print(f"{key}: {outputs[key]}")

@@ -60,7 +60,7 @@ class PolicyConfig(Spec):
     """Learned-env steps between resumable checkpoints."""
     torch_threads: int = 1
     """CPU threads for the agent's updates: small MLPs are fastest on one (more only spin on a busy machine)."""
-    experiment: str = "twinworld"
-    """MLflow experiment."""
-    registered_policy_name: str = "twinworld-policy"
-    """Model Registry name of the policy ('' to skip registration)."""
+    experiment: str | None = None
+    """MLflow experiment (default: the store's system, e.g. cartpole)."""
+    registered_policy_name: str | None = None
+    """Model Registry name of the policy ('' to skip registration; default: <system>-policy from the store)."""

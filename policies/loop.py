@@ -62,6 +62,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False, trust_pickle: bool = F
     from envs.sb3 import make_sb3_env
     from tracking.lineage import lineage_tags
     from tracking.logger import BufferedMLflowLogger
+    from tracking.runs import default_names
     from worldmodel.io import resolve_model_file
 
     torch.set_num_threads(cfg.torch_threads)
@@ -80,8 +81,11 @@ def train_policy(cfg: PolicyConfig, resume: bool = False, trust_pickle: bool = F
         state = LoopState.load(state_file)
     out.mkdir(parents=True, exist_ok=True)
 
+    names = default_names("policy", cfg.store)  # a config carries no system's name: the store does
+    registered_name = names.registered_model if cfg.registered_policy_name is None else cfg.registered_policy_name
     tracker = BufferedMLflowLogger(
-        experiment_name=cfg.experiment, run_name=f"policy-{cfg.algorithm}-s{cfg.seed}", run_id=state.run_id,
+        experiment_name=cfg.experiment or names.experiment, run_name=f"policy-{cfg.algorithm}-s{cfg.seed}",
+        run_id=state.run_id,
         tags={"twinworld.stage": "policy", "twinworld.model_uri": cfg.model, "data.store": cfg.store,
               **lineage_tags(cfg.model)})
     if state.run_id is None:
@@ -140,7 +144,7 @@ def train_policy(cfg: PolicyConfig, resume: bool = False, trust_pickle: bool = F
         agent = load_sb3(agent_file, trust_pickle=trust_pickle)
     policy_path = save_sb3(agent, out / "policy.zip")
     (out / "learning_curve.json").write_text(json.dumps(state.curve, indent=1))
-    policy_uri = publish(policy_path, out / "learning_curve.json", tracker.run_id, cfg.registered_policy_name)
+    policy_uri = publish(policy_path, out / "learning_curve.json", tracker.run_id, registered_name)
     tracker.end_run()
     return {"policy": str(policy_path), "policy_uri": policy_uri, "real_return": f"{final_return:.1f}",
             "real_steps": str(real_steps(cfg.store)), "model": state.model, "run_id": tracker.run_id}

@@ -28,6 +28,7 @@ from twin.mirror import LiveMirror
 from twin.mlflow_log import MlflowLog
 from twin.scores import ScoreStore
 from twin.sync import Twin
+from worldmodel.threads import apply_threads, parse_threads
 
 __all__ = ["LiveMirror", "MlflowLog", "ScoreStore", "Twin", "build_parser", "main", "run_live"]
 
@@ -35,6 +36,7 @@ __all__ = ["LiveMirror", "MlflowLog", "ScoreStore", "Twin", "build_parser", "mai
 def run_live(args: argparse.Namespace) -> dict[str, Any]:
     """`python -m twin.live`: stream + twin + anomaly scores until the source ends or SIGINT / SIGTERM."""
     spec = IngestSpec.from_yaml(args.spec)
+    apply_threads(args.threads)
     twin = Twin(args.model, history=args.history, particles=args.particles, device=args.device)
     model = twin.model
     calibration = Calibration.load(args.calibration) if args.calibration else None
@@ -134,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-every", type=float, default=1.0, help="seconds between status lines; 0: none")
     p.add_argument("--device", default=None, help="torch device of the model (default: cpu)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--threads", type=parse_threads, default="auto",
+                   help="torch CPU threads: a number, or auto (the CPUs this process may use: affinity, cgroup "
+                   "quota, SLURM_CPUS_PER_TASK, OMP_NUM_THREADS)")
     return p
 
 

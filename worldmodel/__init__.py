@@ -18,6 +18,7 @@
 | `io.py` | `load` a model file, a Lightning checkpoint or an MLflow URI (no code execution) |
 | `lightning.py` | `WorldModelModule`, the thin Lightning wrapper `train.py fit` trains |
 | `evaluation.py` | open-loop evaluation (NRMSE, coverage, CRPS) against persistence and linear baselines |
+| `threads.py` | the torch thread count of a command (`--threads`): usable CPUs, OMP_NUM_THREADS, small models |
 """
 
 from worldmodel.interface import Prediction, State, WorldModel, index_state, merge_state, repeat_state
