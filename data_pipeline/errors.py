@@ -45,3 +45,8 @@ def run_cli(main: Callable[[], int | None], prog: str) -> int:
 def _one_line(err: BaseException) -> str:
     text = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.filename}: {err.strerror}"
     return " ".join(text.split()) or type(err).__name__
+
+
+class InputError(UserError, ValueError):
+    """An option, a config value, a hook or input data that twinworld cannot use (a ValueError, so callers
+    that catch ValueError keep working); the message says what was given and what was expected."""

@@ -26,6 +26,7 @@ from gymnasium import spaces
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from minari.dataset.minari_dataset import parse_dataset_id
 
+from data_pipeline.errors import InputError
 from data_pipeline.record.env_schema import ChannelNames, env_dt, known_channels
 from data_pipeline.schema import DISCRETE_FILL, Episode, StoreSchema
 from data_pipeline.spaces import is_image_space
@@ -70,7 +71,7 @@ def schema_for_dataset(ds: minari.MinariDataset) -> StoreSchema:
     obs_space, act_space = ds.observation_space, ds.action_space
     flat = isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1
     if not (flat or is_image_space(obs_space)):
-        raise ValueError(
+        raise InputError(
             f"Minari dataset {ds.id}: observation space {obs_space} is not a flat Box or a uint8 (H, W, C) "
             "image Box; twinworld stores only those"
         )
@@ -200,7 +201,7 @@ def export_minari(store_path: str, dataset_id: str, *, data_path: str | os.PathL
     buffers = [_buffer(i, ep, schema, obs_space, act_space) for i, ep in enumerate(store.iter_episodes())
                if ep.num_transitions > 0]
     if not buffers:
-        raise ValueError(f"{store_path}: no committed episode with a transition to export")
+        raise InputError(f"{store_path}: no committed episode with a transition to export")
     env_id = schema.provenance.get("env_id")
     env = env_id if env_id and env_id in gym.registry else None
     with _datasets_root(data_path), warnings.catch_warnings():

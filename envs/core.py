@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.validate import check_schema_compatible
 from envs.loading import TransitionFn, load_model, open_store, transition_fn
@@ -90,13 +91,13 @@ class BatchedCore:
     def __init__(self, model: WorldModel | str | os.PathLike, store: TrajectoryStore | str | os.PathLike,
                  num_envs: int, config: CoreConfig) -> None:
         if num_envs < 1:
-            raise ValueError(f"num_envs={num_envs}; expected at least 1")
+            raise InputError(f"num_envs={num_envs}; expected at least 1")
         if config.termination not in ("threshold", "sample", "never"):
-            raise ValueError(f"termination={config.termination!r}; expected 'threshold', 'sample' or 'never'")
+            raise InputError(f"termination={config.termination!r}; expected 'threshold', 'sample' or 'never'")
         if config.precision not in ("32-true", "bf16-mixed"):
-            raise ValueError(f"precision={config.precision!r}; expected '32-true' or 'bf16-mixed'")
+            raise InputError(f"precision={config.precision!r}; expected '32-true' or 'bf16-mixed'")
         if config.render_mode is not None and config.render_mode not in RENDER_MODES:
-            raise ValueError(f"render_mode={config.render_mode!r}; expected None or one of {RENDER_MODES}")
+            raise InputError(f"render_mode={config.render_mode!r}; expected None or one of {RENDER_MODES}")
         self.config = config
         self.num_envs = num_envs
         self.store = open_store(store)
@@ -154,16 +155,16 @@ class BatchedCore:
         options = dict(options or {})
         unknown = set(options) - set(RESET_OPTION_KEYS)
         if unknown:
-            raise ValueError(f"reset options: unknown keys {sorted(unknown)}; expected some of {RESET_OPTION_KEYS}")
+            raise InputError(f"reset options: unknown keys {sorted(unknown)}; expected some of {RESET_OPTION_KEYS}")
         if self.state is None and len(index) != self.num_envs:
             raise RuntimeError("reset: the first reset must start every sub-env (no reset_mask)")
         k = len(index)
         if "history" in options:
             if "episode" in options or "t" in options:
-                raise ValueError("reset options: give either 'history' or 'episode'/'t', not both")
+                raise InputError("reset options: give either 'history' or 'episode'/'t', not both")
             given = options["history"]
             if not isinstance(given, dict) or "obs" not in given or "action" not in given:
-                raise ValueError("reset options['history']: expected a dict with 'obs' and 'action' arrays")
+                raise InputError("reset options['history']: expected a dict with 'obs' and 'action' arrays")
             hist = History.from_arrays(given["obs"], given["action"], image=self.image_obs,
                                        action_shape=self.action_shape, batch=k,
                                        is_first=given.get("is_first"))
@@ -171,7 +172,7 @@ class BatchedCore:
             if "episode" in options:
                 episode, t = self.starts.resolve(options["episode"], options.get("t", 0), k)
             elif "t" in options:
-                raise ValueError("reset options: 't' needs an 'episode'")
+                raise InputError("reset options: 't' needs an 'episode'")
             else:
                 episode, t = self.starts.sample(rng, k)
             hist = self.starts.history_for(episode, t)
@@ -250,15 +251,15 @@ class BatchedCore:
             if act.shape == (n, 1):  # store layout: one action channel
                 act = act[:, 0]
             if act.shape != (n,) or not np.issubdtype(act.dtype, np.integer):
-                raise ValueError(f"action: got shape {act.shape} dtype {act.dtype}; expected ({n},) integers "
+                raise InputError(f"action: got shape {act.shape} dtype {act.dtype}; expected ({n},) integers "
                                  f"in {self.action_space}")
             lo, hi = self.action_space.start, self.action_space.start + self.action_space.n
             if act.min() < lo or act.max() >= hi:
-                raise ValueError(f"action: values {act.min()}..{act.max()} outside {self.action_space}")
+                raise InputError(f"action: values {act.min()}..{act.max()} outside {self.action_space}")
             return act.astype(np.int64, copy=False)
         act = np.asarray(action, np.float32)
         if act.shape != (n, *self.action_shape):
-            raise ValueError(f"action: got shape {act.shape}; expected {(n, *self.action_shape)} "
+            raise InputError(f"action: got shape {act.shape}; expected {(n, *self.action_shape)} "
                              f"(sub-envs × {self.schema.action_channels})")
         # As Gymnasium's own envs do, out-of-range actions are clipped to the actuators' limits.
         return np.clip(act, self._act_low, self._act_high)
@@ -273,6 +274,6 @@ class BatchedCore:
               dtype: type) -> np.ndarray:
         out = np.asarray(fn(obs, act, next_obs))
         if out.shape != (self.num_envs,):
-            raise ValueError(f"{name} {getattr(fn, '__name__', fn)!r} returned shape {out.shape}; expected "
+            raise InputError(f"{name} {getattr(fn, '__name__', fn)!r} returned shape {out.shape}; expected "
                              f"({self.num_envs},), one value per sub-env")
         return out.astype(dtype, copy=False)

@@ -23,6 +23,7 @@ from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore
 from worldmodel.interface import WorldModel
 
@@ -39,7 +40,7 @@ class SB3VecEnv(VecEnv):
     def __init__(self, venv: gymnasium.vector.VectorEnv) -> None:
         mode = venv.metadata.get("autoreset_mode")
         if mode != AutoresetMode.SAME_STEP:
-            raise ValueError(f"SB3VecEnv needs a vector env with autoreset_mode SAME_STEP (SB3 resets in the "
+            raise InputError(f"SB3VecEnv needs a vector env with autoreset_mode SAME_STEP (SB3 resets in the "
                              f"same step); {type(venv).__name__} declares {mode}")
         self.venv = venv
         self._actions: np.ndarray | None = None
@@ -51,7 +52,7 @@ class SB3VecEnv(VecEnv):
         options = None
         if any(self._options):
             if any(o != self._options[0] for o in self._options):
-                raise ValueError("SB3VecEnv.set_options: give all sub-envs the same options dict (per-sub-env "
+                raise InputError("SB3VecEnv.set_options: give all sub-envs the same options dict (per-sub-env "
                                  "starts go inside it, e.g. {'episode': [e0, e1, …], 't': [t0, t1, …]})")
             options = self._options[0]
         obs, info = self.venv.reset(seed=seed, options=options)

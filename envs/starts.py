@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore, episode_index
 
 DEFAULT_CACHE_BYTES = 256 << 20  # vector stores up to a few million rows are held in memory
@@ -59,13 +60,13 @@ class History:
             act = act[..., 0]
         t_len = obs.shape[1]
         if obs.shape[0] != batch or act.shape[0] != batch:
-            raise ValueError(
+            raise InputError(
                 f"reset options['history']: obs has batch {obs.shape[0]}, action batch {act.shape[0]}; "
                 f"expected {batch} (one per sub-env) or no batch dimension")
         if t_len < 1:
-            raise ValueError("reset options['history']['obs'] has no rows; expected at least one observation")
+            raise InputError("reset options['history']['obs'] has no rows; expected at least one observation")
         if act.shape[1] not in (t_len, t_len - 1):
-            raise ValueError(
+            raise InputError(
                 f"reset options['history']: {t_len} obs rows but {act.shape[1]} action rows; expected "
                 f"{t_len - 1} or {t_len} (store-aligned: action[k] is taken at obs[k])")
         prev = np.zeros((batch, t_len, *action_shape), np.int64 if discrete else np.float32)
@@ -89,7 +90,7 @@ class RecordedStarts:
 
     def __init__(self, store: TrajectoryStore, history: int, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if history < 1:
-            raise ValueError(f"history={history}: need at least 1 row (the start state itself)")
+            raise InputError(f"history={history}: need at least 1 row (the start state itself)")
         self.store = store
         self.schema = store.schema
         self.history = int(history)
@@ -103,7 +104,7 @@ class RecordedStarts:
         self.n_starts = np.maximum(self.ep_length - 1, 0)
         self.cum = np.cumsum(self.n_starts)
         if not len(self.cum) or self.cum[-1] == 0:
-            raise ValueError(f"{store.path}: no committed episode with at least one transition to start from")
+            raise InputError(f"{store.path}: no committed episode with at least one transition to start from")
         self.obs_var = "image" if self.image_obs else "obs"
         num_rows = int(self.ep_start[-1] + self.ep_length[-1])
         row_bytes = 4 * (self.schema.obs_dim + self.schema.action_dim)
@@ -139,7 +140,7 @@ class RecordedStarts:
         if len(ts) == 1:
             ts = ts * n
         if len(eps) != n or len(ts) != n:
-            raise ValueError(f"reset options: {len(eps)} episodes and {len(ts)} times for {n} sub-envs; "
+            raise InputError(f"reset options: {len(eps)} episodes and {len(ts)} times for {n} sub-envs; "
                              f"give one value for all or one per sub-env")
         pos = np.array([self._position(e) for e in eps], np.int64)
         rows = np.array(ts, np.int64)
@@ -148,7 +149,7 @@ class RecordedStarts:
         bad = np.flatnonzero((rows < 0) | (rows >= length))
         if bad.size:
             i = int(bad[0])
-            raise ValueError(f"reset options: t={ts[i]} is outside episode {eps[i]!r} of {self.store.path}, "
+            raise InputError(f"reset options: t={ts[i]} is outside episode {eps[i]!r} of {self.store.path}, "
                              f"which has rows 0..{int(length[i]) - 1}")
         return pos, rows
 

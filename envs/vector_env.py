@@ -14,6 +14,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore
 from envs.core import RENDER_MODES, BatchedCore, CoreConfig, EnvOptions
 from worldmodel.interface import WorldModel
@@ -66,7 +67,7 @@ class WorldModelVectorEnv(VectorEnv):
             raise TypeError("WorldModelVectorEnv needs model= (WorldModel, path or MLflow URI) and store= "
                             "(TrajectoryStore or path)")
         if max_episode_steps is not None and max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps={max_episode_steps}; expected a positive number or None")
+            raise InputError(f"max_episode_steps={max_episode_steps}; expected a positive number or None")
         self.core = BatchedCore(model, store, num_envs, CoreConfig(render_mode=render_mode, **options))
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
@@ -91,7 +92,7 @@ class WorldModelVectorEnv(VectorEnv):
             mask = self._all
         mask = np.asarray(mask, bool)
         if mask.shape != (self.num_envs,):
-            raise ValueError(f"reset options['reset_mask']: shape {mask.shape}; expected ({self.num_envs},) bool")
+            raise InputError(f"reset options['reset_mask']: shape {mask.shape}; expected ({self.num_envs},) bool")
         index = np.flatnonzero(mask)
         start = self.core.reset(index, self.np_random, options)
         self.elapsed[index] = 0

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore
 from policies.behaviour import make_policy
 from policies.checkpoint import (
@@ -67,9 +68,9 @@ def train_policy(cfg: PolicyConfig, resume: bool = False, trust_pickle: bool = F
 
     torch.set_num_threads(cfg.torch_threads)
     if not cfg.model or not cfg.store:
-        raise ValueError("policy: --model and --store are required (the store the rollouts start from)")
+        raise InputError("policy: --model and --store are required (the store the rollouts start from)")
     if cfg.iterations > 1 and not cfg.real_env:
-        raise ValueError("policy: iterations > 1 collects real data and needs real_env (a Gymnasium id)")
+        raise InputError("policy: iterations > 1 collects real data and needs real_env (a Gymnasium id)")
     out = Path(cfg.out_dir)
     state_file = out / "state.json"
     model_file = resolve_model_file(cfg.model)

@@ -3,7 +3,7 @@
 | module | job |
 | --- | --- |
 | `logger.py` | `BufferedMLflowLogger`: batched metrics that survive a tracking server outage; `tracking_uri` |
-| `train_cli.py` | `TwinCLI`: `train.py fit/validate/test` (LightningCLI with tracking, safe checkpoints, preemption, threads, publishing) |
+| `train_cli.py` | `TwinCLI`, behind `train.py fit/validate/test`: LightningCLI with tracking and publishing |
 | `runs.py` | the MLflow run of a `train.py` command: its name, folder, resume, params; names from the store |
 | `publish.py` | the end of a fit: save, evaluate, log, register the pyfunc model (retried); publishing later |
 | `pyfunc.py` | the MLflow pyfunc flavour of a world model (history and actions in, trajectories out) |

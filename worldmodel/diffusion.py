@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch.nn import functional as F
 
+from data_pipeline.errors import InputError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
@@ -105,7 +106,7 @@ class DiffusionConfig:
             "medium": dict(hidden=512, blocks=4, unet_channels=[64, 64, 64, 64], unet_layers=2, head_hidden=256),
         }
         if name not in presets:
-            raise ValueError(f"DiffusionConfig.preset: unknown preset {name!r}; expected one of {sorted(presets)}")
+            raise InputError(f"DiffusionConfig.preset: unknown preset {name!r}; expected one of {sorted(presets)}")
         return replace(cls(), **presets[name])
 
 
@@ -124,9 +125,9 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
         super().__init__(config, schema, normalization)
         c = config
         if c.history < 1:
-            raise ValueError(f"DiffusionConfig.history: {c.history}; expected >= 1")
+            raise InputError(f"DiffusionConfig.history: {c.history}; expected >= 1")
         if c.spread_samples is not None and c.spread_samples < 1:
-            raise ValueError(f"DiffusionConfig.spread_samples: {c.spread_samples}; expected >= 1 or null")
+            raise InputError(f"DiffusionConfig.spread_samples: {c.spread_samples}; expected >= 1 or null")
         k = c.history
         # With one observation of history the belief is the last observation: rows assimilate independently.
         self.markov = k == 1
@@ -136,17 +137,17 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
             h, w, ch = (int(s) for s in schema.image_shape)
             levels = len(c.unet_channels)
             if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
-                raise ValueError(f"diffusion: image_shape {schema.image_shape}: height and width must divide by "
+                raise InputError(f"diffusion: image_shape {schema.image_shape}: height and width must divide by "
                                  f"2^(len(unet_channels)-1) = {2 ** (levels - 1)}")
             bad = [n for n in c.unet_channels if n % c.norm_groups]
             if bad:
-                raise ValueError(f"DiffusionConfig.norm_groups: {c.norm_groups} does not divide unet_channels {bad}")
+                raise InputError(f"DiffusionConfig.norm_groups: {c.norm_groups} does not divide unet_channels {bad}")
             self.sample_shape: tuple[int, ...] = (ch, h, w)
             self.denoiser: torch.nn.Module = ImageDenoiser(ch, (h, w), k, self.cond_dim, list(c.unet_channels),
                                                            c.unet_layers, c.attention, c.norm_groups)
         else:
             if self.obs_dim == 0:
-                raise ValueError("diffusion: the store has no observation channels")
+                raise InputError("diffusion: the store has no observation channels")
             self.sample_shape = (self.obs_dim,)
             self.denoiser = VectorDenoiser(self.obs_dim, k, self.cond_dim, c.hidden, c.blocks)
         self.heads = HistoryHeads(self.sample_shape, k, self.cond_dim, c.head_hidden)
@@ -184,7 +185,7 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
         shape = self.sample_shape
         want = (shape[1], shape[2], shape[0]) if self.image_obs else shape  # images arrive (…, H, W, C)
         if tuple(obs.shape[-len(want):]) != want:
-            raise ValueError(f"diffusion: observations of shape {tuple(obs.shape)}; expected (…, {want})")
+            raise InputError(f"diffusion: observations of shape {tuple(obs.shape)}; expected (…, {want})")
         x = self.units.normalize_obs(obs if self.image_obs else obs.float())
         return x.movedim(-1, -3) if self.image_obs else x
 
@@ -303,14 +304,14 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
         """
         if self.image_obs:
             if batch.image is None:
-                raise ValueError("diffusion: the store's observation is an image but the batch has no `image`")
+                raise InputError("diffusion: the store's observation is an image but the batch has no `image`")
             obs = batch.image
         else:
             obs = batch.obs
         x = self._to_model(obs)  # (B, T, …)
         b, t = x.shape[:2]
         if t < 2:
-            raise ValueError(f"diffusion: windows of {t} rows; need at least 2 (set data.window >= history + 1)")
+            raise InputError(f"diffusion: windows of {t} rows; need at least 2 (set data.window >= history + 1)")
         k = self.config.history
         feat = self._action_features(batch.action)  # (B, T, A): the action taken at each row
         padded_obs = torch.cat([x[:, :1].expand(b, k - 1, *x.shape[2:]), x], 1)  # (B, K-1+T, …)

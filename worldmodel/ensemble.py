@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from data_pipeline.errors import InputError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
@@ -53,7 +54,7 @@ class EnsembleConfig:
             "medium": cls(),
         }
         if name not in presets:
-            raise ValueError(f"ensemble preset {name!r}; expected one of {sorted(presets)}")
+            raise InputError(f"ensemble preset {name!r}; expected one of {sorted(presets)}")
         return presets[name]
 
 
@@ -84,9 +85,9 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
     def __init__(self, config: EnsembleConfig, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__(config, schema, normalization)
         if self.image_obs:
-            raise ValueError("the ensemble models vector observations; use model rssm or diffusion for images")
+            raise InputError("the ensemble models vector observations; use model rssm or diffusion for images")
         if not 1 <= config.elites <= config.members:
-            raise ValueError(f"ensemble: elites={config.elites} must be in [1, members={config.members}]")
+            raise InputError(f"ensemble: elites={config.elites} must be in [1, members={config.members}]")
         d_in = self.obs_dim + self.action_dim
         self.d_out = self.obs_dim + 1  # Δobs and reward
         dims = [d_in] + [config.hidden] * config.layers

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from data_pipeline.errors import InputError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
@@ -91,7 +92,7 @@ class RSSMConfig:
                            cnn_depth=48),
         }
         if name not in presets:
-            raise ValueError(f"RSSMConfig.preset: unknown preset {name!r}; expected one of {sorted(presets)}")
+            raise InputError(f"RSSMConfig.preset: unknown preset {name!r}; expected one of {sorted(presets)}")
         return replace(cls(), **presets[name])
 
 
@@ -115,11 +116,11 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         super().__init__(config, schema, normalization)
         c = config
         if c.latent not in ("gaussian", "categorical"):
-            raise ValueError(f"RSSMConfig.latent: {c.latent!r}; expected 'gaussian' or 'categorical'")
+            raise InputError(f"RSSMConfig.latent: {c.latent!r}; expected 'gaussian' or 'categorical'")
         if c.uncertainty_samples < 1:
-            raise ValueError(f"RSSMConfig.uncertainty_samples: {c.uncertainty_samples}; expected >= 1")
+            raise InputError(f"RSSMConfig.uncertainty_samples: {c.uncertainty_samples}; expected >= 1")
         if not 0.0 < c.min_obs_std < c.max_obs_std:
-            raise ValueError(
+            raise InputError(
                 f"RSSMConfig: need 0 < min_obs_std ({c.min_obs_std}) < max_obs_std ({c.max_obs_std})")
         self.categorical = c.latent == "categorical"
         self.stoch_dim = c.categories * c.classes if self.categorical else c.stoch
@@ -130,7 +131,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
             assert schema.image_shape is not None  # image_obs implies it
             h, w, ch = (int(s) for s in schema.image_shape)
             if h % 16 or w % 16:
-                raise ValueError(
+                raise InputError(
                     f"rssm: image_shape {schema.image_shape}: height and width must be divisible by 16")
             self.obs_shape: tuple[int, ...] = (h, w, ch)
             self.encoder: nn.Module = ConvEncoder(ch, c.cnn_depth, h, w)
@@ -138,7 +139,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
             self.decoder: nn.Module = ConvDecoder(feat, ch, c.cnn_depth, h, w)
         else:
             if self.obs_dim == 0:
-                raise ValueError("rssm: the store has no observation channels")
+                raise InputError("rssm: the store has no observation channels")
             self.obs_shape = (self.obs_dim,)
             self.encoder = mlp(self.obs_dim, c.hidden, c.layers, c.hidden)
             embed = c.hidden
@@ -249,7 +250,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
     def _obs_input(self, obs: torch.Tensor) -> torch.Tensor:
         """Observations (B, T, …) in physical units to normalized encoder inputs (images channel-first)."""
         if tuple(obs.shape[2:]) != self.obs_shape:
-            raise ValueError(
+            raise InputError(
                 f"rssm: observations of shape {tuple(obs.shape)}; expected (B, T, *{self.obs_shape})")
         x = self.units.normalize_obs(obs)
         return x.permute(0, 1, 4, 2, 3) if self.image_obs else x
@@ -329,7 +330,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         c = self.config
         if self.image_obs:
             if batch.image is None:
-                raise ValueError("rssm: the store's observation is an image but the batch has no `image`")
+                raise InputError("rssm: the store's observation is an image but the batch has no `image`")
             obs = batch.image
         else:
             obs = batch.obs

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from data_pipeline.errors import InputError
+
 
 class EDMSampler:
     """Samples x₀ ~ p(x₀ | condition) with a diffusers EDM scheduler; kept apart from the network.
@@ -22,7 +24,7 @@ class EDMSampler:
     def __init__(self, num_steps: int, solver: str, sigma_min: float, sigma_max: float, sigma_data: float,
                  rho: float) -> None:
         if num_steps < 1:
-            raise ValueError(f"DiffusionConfig.num_steps: {num_steps}; expected >= 1")
+            raise InputError(f"DiffusionConfig.num_steps: {num_steps}; expected >= 1")
         # diffusers is imported here, not at module level: it takes seconds, and only diffusion models use it.
         from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
@@ -34,7 +36,7 @@ class EDMSampler:
         elif solver == "dpm":
             self.scheduler = EDMDPMSolverMultistepScheduler(**common, solver_order=2, algorithm_type="dpmsolver++")
         else:
-            raise ValueError(f"DiffusionConfig.solver: {solver!r}; expected 'euler' or 'dpm'")
+            raise InputError(f"DiffusionConfig.solver: {solver!r}; expected 'euler' or 'dpm'")
         self.num_steps = num_steps
 
     @torch.no_grad()  # as in diffusers pipelines: sampling is not differentiated through

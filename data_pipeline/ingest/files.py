@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import xarray as xr
 
+from data_pipeline.errors import InputError
 from data_pipeline.ingest.episodes import episodes_of
 from data_pipeline.ingest.log import read_log
 from data_pipeline.ingest.spec import IngestSpec
@@ -59,11 +60,11 @@ def ingest_file(
     With `append=True` the store must exist and have the same schema (channels, units, spaces, dt).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"ingest format {fmt!r}; expected one of {FORMATS}")
+        raise InputError(f"ingest format {fmt!r}; expected one of {FORMATS}")
     if spec_path is None:
-        raise ValueError(f"ingest {fmt} needs a spec: --spec SPEC.yaml (see docs/ingest.md)")
+        raise InputError(f"ingest {fmt} needs a spec: --spec SPEC.yaml (see docs/ingest.md)")
     if overwrite and append:
-        raise ValueError("choose either overwrite or append, not both")
+        raise InputError("choose either overwrite or append, not both")
     spec = IngestSpec.from_yaml(spec_path)
     files = expand_inputs(input)
     provenance: dict[str, Any] = {

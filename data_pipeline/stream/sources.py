@@ -16,6 +16,7 @@ import time as _time
 import urllib.parse
 from typing import Any
 
+from data_pipeline.errors import InputError
 from data_pipeline.stream.config import MAX_MESSAGE_BYTES
 
 END = object()
@@ -78,13 +79,13 @@ class MqttSource(Source):
     def __init__(self, url: str, client_id: str = "", subscribe: bool = True) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "mqtt" or not parsed.hostname:
-            raise ValueError(f"source {url!r}: expected mqtt://HOST[:PORT]/TOPIC")
+            raise InputError(f"source {url!r}: expected mqtt://HOST[:PORT]/TOPIC")
         self.name = url.split("?")[0]
         self.host = parsed.hostname
         self.port = parsed.port or 1883
         self.topic = urllib.parse.unquote(parsed.path.lstrip("/"))
         if not self.topic:
-            raise ValueError(f"source {url!r}: no topic; expected mqtt://{self.host}:{self.port}/TOPIC")
+            raise InputError(f"source {url!r}: no topic; expected mqtt://{self.host}:{self.port}/TOPIC")
         query = urllib.parse.parse_qs(parsed.query)
         self.qos = int(query.get("qos", ["1"])[0])
         self.client_id = client_id
@@ -219,4 +220,4 @@ def make_source(url: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Source:
         return FileSource(url[len("file:"):], max_message_bytes=max_message_bytes)
     if url.startswith("mqtt://"):
         return MqttSource(url)
-    raise ValueError(f"source {url!r}: expected mqtt://HOST:PORT/TOPIC, '-' (JSON lines on stdin) or file:PATH")
+    raise InputError(f"source {url!r}: expected mqtt://HOST:PORT/TOPIC, '-' (JSON lines on stdin) or file:PATH")

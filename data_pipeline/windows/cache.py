@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.store.paths import is_url
 
@@ -42,7 +43,7 @@ class ChunkCache:
         for v in self.variables:
             arr = store.array(v)
             if arr.chunks[0] != self.chunk:
-                raise ValueError(f"{store.path}: array '{v}' has chunks {arr.chunks}; expected {self.chunk}")
+                raise InputError(f"{store.path}: array '{v}' has chunks {arr.chunks}; expected {self.chunk}")
             # np.empty does not touch the pages: resident memory grows only as slots are filled.
             self.buffers[v] = np.empty((capacity * self.chunk, *arr.shape[1:]), arr.dtype)
         self.slot_of = np.full(-(-num_rows // self.chunk), -1, np.int64)

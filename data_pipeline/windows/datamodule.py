@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
+from data_pipeline.errors import InputError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import StoreLockedError, TrajectoryStore
 from data_pipeline.store.paths import is_url
@@ -89,9 +90,9 @@ class WindowDataModule(L.LightningDataModule):
         """
         super().__init__()
         if window < 1 or batch_size < 1:
-            raise ValueError(f"data: window={window} and batch_size={batch_size} must be ≥ 1")
+            raise InputError(f"data: window={window} and batch_size={batch_size} must be ≥ 1")
         if not 0 <= window_coverage <= 1:
-            raise ValueError(f"data: window_coverage={window_coverage} must lie in [0, 1]")
+            raise InputError(f"data: window_coverage={window_coverage} must lie in [0, 1]")
         self.save_hyperparameters(ignore=["storage_options"])
         self.store_path, self.requested_window, self.batch_size = str(store), window, batch_size
         self.window_coverage = window_coverage
@@ -186,7 +187,7 @@ class WindowDataModule(L.LightningDataModule):
     def train_dataloader(self) -> EpochDataLoader:
         starts, lengths = self._store_facts().episodes["train"]
         if not len(starts):
-            raise ValueError(f"{self.store_path}: no train episode holds a window of {self.window} rows")
+            raise InputError(f"{self.store_path}: no train episode holds a window of {self.window} rows")
         loader = self._loader(WindowDataset(
             self.store_path, starts, lengths, window=self.window, batch_size=self.batch_size,
             cache_bytes=self.cache_bytes, seed=self.sample_seed, num_batches=self.batches_per_epoch,

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows.batch import Batch, to_batch
 from data_pipeline.windows.cache import ChunkCache, chunk_span
@@ -67,7 +68,7 @@ class FixedWindows:
         needed = len(np.unique(np.concatenate(touched))) if touched else 0
         capacity = min(int(cache_bytes // chunk_bytes), max(needed, span))
         if capacity < span:
-            raise ValueError(
+            raise InputError(
                 f"{store.path}: cache_bytes={cache_bytes} is below one window's {span * chunk_bytes} B"
             )
         num_rows = int(self.starts.max()) + window if len(self.starts) else 0

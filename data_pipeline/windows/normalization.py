@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline.errors import InputError
 from data_pipeline.stats import channel_stats
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows.batch import Normalization
@@ -30,7 +31,7 @@ def normalization_for(
     recomputed. Only a store open with mode="a" is written to; otherwise the result stays in memory.
     """
     if len(train_episodes) == 0:
-        raise ValueError(f"{store.path}: normalization needs a train episode; the train split is empty")
+        raise InputError(f"{store.path}: normalization needs a train episode; the train split is empty")
     key = {"fingerprint": store.fingerprint(), "train_hash": _train_hash(store, train_episodes)}
     cached = store.attrs.get("normalization")
     if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()) and "stats" in cached:
@@ -42,7 +43,7 @@ def normalization_for(
     def stats(name: str) -> dict[str, list[float]]:
         st = channel_stats(store, name, train)
         if (st["count"] == 0).any():
-            raise ValueError(f"{store.path}: '{name}' has a channel with no finite value in the train split")
+            raise InputError(f"{store.path}: '{name}' has a channel with no finite value in the train split")
         return {k: st[k].astype(float).tolist() for k in _STATS}
 
     empty: dict[str, list[float]] = {k: [] for k in _STATS}

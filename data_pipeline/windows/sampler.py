@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows.batch import Batch, to_batch
 from data_pipeline.windows.cache import ChunkCache, chunk_span
@@ -63,7 +64,7 @@ class WindowSampler:
         reuse: float = 1.0,
     ) -> None:
         if len(starts) == 0:
-            raise ValueError(f"{store.path}: no episode holds a window of {window} rows; nothing to sample")
+            raise InputError(f"{store.path}: no episode holds a window of {window} rows; nothing to sample")
         self.store, self.window, self.batch_size, self.reuse = store, window, batch_size, reuse
         self.shard, self.num_shards = shard, num_shards
         self.seed = [int(seed)] if isinstance(seed, int | np.integer) else [int(s) for s in seed]
@@ -82,7 +83,7 @@ class WindowSampler:
         span = chunk_span(window, c)
         self.rotating = capacity < len(self.needed)
         if self.rotating and capacity < 2 * span:
-            raise ValueError(
+            raise InputError(
                 f"{store.path}: cache_bytes={cache_bytes} holds {capacity} chunks of {chunk_bytes} bytes; "
                 f"sampling windows of {window} rows from a store larger than the cache needs at least "
                 f"{2 * span * chunk_bytes} bytes ({2 * span} chunks)"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_pipeline.errors import InputError
 from data_pipeline.store import TrajectoryStore
 
 SPLITS = ("train", "val", "test")
@@ -32,7 +33,7 @@ def split_episodes(
     moves (only where a split would otherwise be empty) take the episode whose hash lies closest to it.
     """
     if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise ValueError(
+        raise InputError(
             f"split: val_fraction={val_fraction} and test_fraction={test_fraction} must be ≥ 0 and sum to < 1"
         )
     ids = store.episodes()["id"].tolist()

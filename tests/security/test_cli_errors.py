@@ -99,6 +99,20 @@ def test_data_pipeline_malformed_spec_and_unknown_env(tmp_path: Path) -> None:
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
 
 
+def test_data_pipeline_bad_hook_and_bad_source_are_one_line(tmp_path: Path) -> None:
+    """A misnamed `module:function` policy and a malformed stream source: InputError, not a traceback."""
+    proc = run(["-m", "data_pipeline", "record", "--env", "Pendulum-v1", "--episodes", "1",
+                "--policy", "no_such_module_tw:act", "--out", "y.zarr"], tmp_path)
+    assert_one_line(proc, "python -m data_pipeline", "no_such_module_tw:act", "cannot import module")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("timestamp: {column: t, unit: s}\ndt: 0.1\nobservation: {channels: [{column: x, unit: m}]}\n"
+                    "action: {channels: [{column: u, unit: N}]}\n")
+    proc = run(["-m", "data_pipeline", "stream", "--source", "mqtt://127.0.0.1", "--spec", str(spec),
+                "--out", "s.zarr"], tmp_path)
+    assert_one_line(proc, "python -m data_pipeline", "mqtt://127.0.0.1", "expected mqtt://")
+    assert not (tmp_path / "y.zarr").exists() and not (tmp_path / "s.zarr").exists()
+
+
 # ------------------------------------------------------------------------------------------------ generate.py
 
 
