@@ -14,7 +14,7 @@
 4. Throughput: steps/s of the twin + scoring (B=1, default ensemble), and of the whole pipeline
    (JSON messages → reorder → resample → store → twin → score store), on this CPU.
 
-Prints a table and appends rows to BENCHMARKS.md.
+Prints a table and records rows in BENCHMARKS.md (latest first).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import record_rows  # noqa: E402  (benchmarks/common.py)
 
 from data_pipeline.ingest import IngestSpec  # noqa: E402
 from data_pipeline.record import record  # noqa: E402
@@ -274,7 +276,7 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=5, help="belief copies pooled (the ensemble's elites)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--workdir", default=None, help="where the stores go (default: a temporary directory)")
-    parser.add_argument("--no-record", action="store_true", help="write nothing to BENCHMARKS.md")
+    parser.add_argument("--no-record", action="store_true", help="print only, record nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_anomaly_")
@@ -343,23 +345,21 @@ def main() -> None:
     cmd = (f"`python benchmarks/bench_anomaly.py` ({args.episodes} train episodes, {args.train_steps} steps, "
            f"{args.test_episodes} test episodes per fault, particles {args.particles}, at {commit})")
     today = date.today().isoformat()
-    lines = []
+    lines: list[list[str]] = []
     for window, f, ours, base in rows:
         target = "AUROC ≥ 0.95, median delay ≤ 10" if f == "actuator_half_torque" else "(information)"
-        lines.append(f"| {today} | bench_anomaly {f}, window {window}: AUROC / median delay (steps) / detected | "
-                     f"{machine} | {cmd} | {ours['auroc']:.3f} / {ours['median_delay']:.0f} / "
-                     f"{ours['detected']:.0%} | raw change {base['auroc']:.3f} / {base['median_delay']:.0f} / "
-                     f"{base['detected']:.0%} | {ours['auroc'] / max(base['auroc'], 1e-9):.2f} | {target} |")
-    lines.append(f"| {today} | bench_anomaly twin throughput, steps/s (B=1, EnsembleConfig()) | {machine} | {cmd} | "
-                 f"{twin_rate:,.0f} | 1,000 incoming | {twin_rate / 1000:.2f} | ≥ 1,000 |")
-    lines.append(f"| {today} | bench_anomaly whole live pipeline, messages/s (stream + store + twin + scores) | "
-                 f"{machine} | {cmd} | {pipe_rate:,.0f} | 1,000 incoming | {pipe_rate / 1000:.2f} | ≥ 1,000 |")
-    lines.append(f"| {today} | bench_anomaly python -m envs.live fed JSON lines on stdin for 10 s: steps mirrored "
-                 f"per second (median over status lines) | {machine} | {cmd} | {mirrored:,.0f} (exit {drain:.1f} s "
-                 f"after the last line, {rt_committed:,} rows committed) | fed {fed:,.0f} lines/s | "
-                 f"{mirrored / fed:.2f} | ≥ 1,000 |")
-    with (ROOT / "BENCHMARKS.md").open("a") as fh:
-        fh.write("\n".join(lines) + "\n")
+        lines.append([today, f"{f}, window {window}: AUROC / median delay (steps) / detected", machine, cmd,
+                      f"{ours['auroc']:.3f} / {ours['median_delay']:.0f} / {ours['detected']:.0%}",
+                      f"raw change {base['auroc']:.3f} / {base['median_delay']:.0f} / {base['detected']:.0%}",
+                      f"{ours['auroc'] / max(base['auroc'], 1e-9):.2f}", target])
+    lines.append([today, "twin throughput, steps/s (B=1, EnsembleConfig())", machine, cmd, f"{twin_rate:,.0f}",
+                  "1,000 incoming", f"{twin_rate / 1000:.2f}", "≥ 1,000"])
+    lines.append([today, "whole live pipeline, messages/s (stream + store + twin + scores)", machine, cmd,
+                  f"{pipe_rate:,.0f}", "1,000 incoming", f"{pipe_rate / 1000:.2f}", "≥ 1,000"])
+    lines.append([today, "python -m envs.live fed JSON lines on stdin for 10 s: steps mirrored per second (median "
+                  "over status lines)", machine, cmd, f"{mirrored:,.0f} (exit {drain:.1f} s after the last line, "
+                  f"{rt_committed:,} rows committed)", f"fed {fed:,.0f} lines/s", f"{mirrored / fed:.2f}", "≥ 1,000"])
+    record_rows(ROOT / "BENCHMARKS.md", "bench_anomaly", lines)
 
 
 if __name__ == "__main__":

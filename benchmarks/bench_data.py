@@ -2,8 +2,10 @@
 
     python benchmarks/bench_data.py                  # full: 1,000,000 steps (a few minutes on 2 cores)
     python benchmarks/bench_data.py --steps 100000   # reduced, quick
-    python benchmarks/bench_data.py --no-record      # print only, do not append to BENCHMARKS.md
+    python benchmarks/bench_data.py --no-record      # print only; by default it records rows
     python benchmarks/bench_data.py --only ingest    # (a) alone: seconds, not minutes
+
+Each run records rows in BENCHMARKS.md (latest first).
 
 (a) ingest: TrajectoryStore.append in batches of episodes vs one bulk zarr write of the same arrays with
     the same codecs and chunks (target ≥ 0.5×);
@@ -37,7 +39,7 @@ from data_pipeline.windows import WINDOW_VARS, ChunkCache, WindowSampler, to_bat
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from common import append_rows, machine  # noqa: E402  (benchmarks/common.py)
+from common import machine, record_rows  # noqa: E402  (benchmarks/common.py)
 
 VERSIONS = f"zarr {zarr.__version__}"
 
@@ -238,9 +240,9 @@ def main() -> None:
     p.add_argument("--sampler-batches", type=int, default=300, help="batches timed for the sampler and numpy")
     p.add_argument("--naive-batches", type=int, default=5, help="batches timed for naive per-window reads")
     p.add_argument("--workdir", type=Path, default=None, help="store location (default: temp dir)")
-    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="results are appended here")
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="the BENCHMARKS.md it records rows in")
     p.add_argument("--repeats", type=int, default=3, help="rounds per measurement (best / median counts)")
-    p.add_argument("--no-record", action="store_true", help="print only")
+    p.add_argument("--no-record", action="store_true", help="print only, record nothing")
     p.add_argument("--only", choices=["ingest"], default=None, help="run only part (a), the ingest comparison")
     p.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache-bytes", type=int, default=0, help=argparse.SUPPRESS)
@@ -284,8 +286,8 @@ def main() -> None:
                                 cwd=ROOT).stdout.strip() or "?"
         date = dt.date.today().isoformat()
         where = machine(VERSIONS)
-        append_rows(args.out, [[date, f"bench_data {name}", where, f"`{command}` ({n:,} rows, at {commit})", *rest]
-                               for name, *rest in table])
+        record_rows(args.out, "bench_data", [[date, name, where, f"`{command}` ({n:,} rows, at {commit})", *rest]
+                                            for name, *rest in table])
         print(f"results: {args.out}")
 
 

@@ -1,6 +1,6 @@
 """Learned-env benchmark: WorldModelVectorEnv steps/s against the raw model and the real simulator.
 
-    python benchmarks/bench_envs.py                 # num_envs 1, 64, 1024; appends rows to BENCHMARKS.md
+    python benchmarks/bench_envs.py                 # num_envs 1, 64, 1024; records rows in BENCHMARKS.md (latest first)
     python benchmarks/bench_envs.py --seconds 1     # quicker, noisier
     python benchmarks/bench_envs.py --no-record     # print only
 
@@ -43,7 +43,7 @@ from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel  # noqa: E402
 
 ENV_ID = "HalfCheetah-v5"
 
-from common import append_rows, machine  # noqa: E402  (benchmarks/common.py)
+from common import machine, record_rows  # noqa: E402  (benchmarks/common.py)
 
 VERSIONS = f"torch {torch.__version__}"
 
@@ -107,8 +107,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best is kept")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="model device (cpu, cuda)")
-    p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
-    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="results are appended here")
+    p.add_argument("--no-record", action="store_true", help="print only, record nothing")
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="the BENCHMARKS.md it records rows in")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -153,14 +153,14 @@ def main() -> None:
         rows = []
         for (precision, n), (env_r, raw_r) in results.items():
             target = "≥ 0.5 at 1024" if n == big else "-"
-            rows.append([today, f"bench_envs env steps/s vs raw model.step, {precision}, num_envs {n}", where,
+            rows.append([today, f"env steps/s vs raw model.step, {precision}, num_envs {n}", where,
                          cmd, f"{env_r:,.0f}", f"{raw_r:,.0f}", f"{env_r / raw_r:.2f}", target])
         for precision in args.precision:
             env_r = results[precision, big][0]
-            rows.append([today, f"bench_envs env steps/s vs {ENV_ID} simulator, {precision}, num_envs {big}", where,
+            rows.append([today, f"env steps/s vs {ENV_ID} simulator, {precision}, num_envs {big}", where,
                          cmd, f"{env_r:,.0f}", f"{sim:,.0f}", f"{env_r / sim:.2f}", "≥ 5"])
-        append_rows(args.out, rows)
-        print(f"\nappended {len(rows)} rows to {args.out}")
+        record_rows(args.out, "bench_envs", rows)
+        print(f"\nrecorded {len(rows)} rows in {args.out} (latest first)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_generate.py                   # full: 1,000 scenarios x 32 samples x 100 steps
     python benchmarks/bench_generate.py --scenarios 100   # reduced, quick
-    python benchmarks/bench_generate.py --no-record       # print only, do not append to BENCHMARKS.md
+    python benchmarks/bench_generate.py --no-record       # print only; by default it records rows
 
 The model is the default ensemble (`EnsembleConfig()`: 7 members, 4 x 200 hidden; untrained is fine for
 speed) over a recorded Pendulum-v1 store. `generate` is the whole scenario path (resolving starts,
@@ -10,6 +10,7 @@ reading histories, assimilating, building the intervention actions, imagining, w
 block by block); `raw` is `model.step` in a loop over the same blocks at the same batch size
 (scenarios of a block x samples), from an empty state with random actions and nothing written.
 Throughput is scenario-steps/s = scenarios x samples x steps / seconds; target overhead ≤ 1.5x.
+Each run records rows in BENCHMARKS.md (latest first).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel  # noqa: E402
 
 INTERVENTIONS = 10  # factual, 8 constant torques, half gain
 
-from common import append_rows, machine  # noqa: E402  (benchmarks/common.py)
+from common import machine, record_rows  # noqa: E402  (benchmarks/common.py)
 
 VERSIONS = f"torch {torch.__version__}"
 
@@ -101,8 +102,8 @@ def main() -> None:
     p.add_argument("--block", type=int, default=4096, help="trajectories per model call (block_trajectories)")
     p.add_argument("--episodes", type=int, default=20, help="recorded Pendulum-v1 episodes (200 steps each)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="results are appended here")
-    p.add_argument("--no-record", action="store_true", help="print only")
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="the BENCHMARKS.md it records rows in")
+    p.add_argument("--no-record", action="store_true", help="print only, record nothing")
     args = p.parse_args()
     if args.scenarios % INTERVENTIONS:
         p.error(f"--scenarios must be a multiple of {INTERVENTIONS} (starts x {INTERVENTIONS} interventions)")
@@ -140,7 +141,7 @@ def main() -> None:
           f"model.step time (target ≤ 1.5x: {verdict})")
     if not args.no_record:
         command = "python benchmarks/bench_generate.py" + "".join(f" {a}" for a in sys.argv[1:])
-        append_rows(args.out, [[dt.date.today().isoformat(), "bench_generate scenario-steps/s", machine(VERSIONS),
+        record_rows(args.out, "bench_generate", [[dt.date.today().isoformat(), "scenario-steps/s", machine(VERSIONS),
                                 f"`{command}` ({args.scenarios} x {args.samples} x {args.horizon})",
                                 f"generate {gen_rate:,.0f}", f"raw model.step {raw_rate:,.0f}",
                                 f"{raw_s / gen_s:.2f}x (overhead {overhead:.2f}x; {gen_s / in_step_s:.2f}x "

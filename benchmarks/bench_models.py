@@ -7,7 +7,7 @@ For each model: train on the train split of a random-policy Pendulum-v1 store, t
 evaluation on held-out test episodes (normalized RMSE at horizons 1..50 against persistence and a
 ridge linear model, 90% interval coverage, CRPS), the cost of one imagined step at batch 1024, and
 training throughput (windows/s) from the store-backed DataModule against the same windows held as
-in-memory tensors. Prints a table and appends rows to BENCHMARKS.md.
+in-memory tensors. Prints a table and records rows in BENCHMARKS.md (latest first).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import record_rows, table_header, table_row  # noqa: E402  (benchmarks/common.py)
 
 from data_pipeline.windows.datamodule import WindowDataModule  # noqa: E402
 from tracking.publish import evaluate_split  # noqa: E402
@@ -100,6 +102,12 @@ def step_cost(module: WorldModelModule, batch: int = 1024, steps: int = 20) -> f
         return (time.perf_counter() - t0) / steps
 
 
+# One row per model and run: the quality and cost columns differ from the other benchmarks' tables.
+COLUMNS = ("date", "machine", "command", "model", "nRMSE h1", "h10", "h50", "persistence h50", "linear h50",
+           "h50 / persistence", "h50 / linear", "cov90 h10", "cov90 h50", "CRPS h10", "ms/step @1024",
+           "store / in-memory windows/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default="/tmp/bench_models_pendulum.zarr")
@@ -108,7 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="training steps per model")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--throughput-steps", type=int, default=200)
-    parser.add_argument("--no-record", action="store_true", help="write nothing to BENCHMARKS.md")
+    parser.add_argument("--no-record", action="store_true", help="print only, record nothing")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small models: one thread is fastest on 2 shared cores
     if not (Path(args.store) / "zarr.json").exists():
@@ -134,24 +142,18 @@ def main() -> None:
 
     if not rows:
         return
-    lines = [f"\n### bench_models — {date.today()} — {platform.machine()} {torch.get_num_threads()} threads, CPU",
-             "", f"`python benchmarks/bench_models.py --episodes {args.episodes} --steps {args.steps} "
-             f"--preset {args.preset} --models {args.models}`", "",
-             "| model | nRMSE h1 | h10 | h50 | persistence h50 | linear h50 | h50 / persistence | h50 / linear "
-             "| cov90 h10 | cov90 h50 | CRPS h10 | ms/step @1024 | store / in-memory windows/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for kind, m, cost, sr, mr, _ in rows:
-        lines.append(
-            f"| {kind} | {m['nrmse/h1']:.3f} | {m['nrmse/h10']:.3f} | {m['nrmse/h50']:.3f} | "
-            f"{m['persistence_nrmse/h50']:.3f} | {m['linear_nrmse/h50']:.3f} | "
-            f"{m['nrmse/h50'] / m['persistence_nrmse/h50']:.2f} | {m['nrmse/h50'] / m['linear_nrmse/h50']:.2f} | "
-            f"{m.get('coverage90/h10', float('nan')):.2f} | {m.get('coverage90/h50', float('nan')):.2f} | "
-            f"{m.get('crps/h10', float('nan')):.3f} | {cost * 1e3:.2f} | {sr:.0f} / {mr:.0f} = {sr / mr:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
+    where = f"{platform.machine()}, {torch.get_num_threads()} threads, CPU"
+    command = (f"`python benchmarks/bench_models.py --episodes {args.episodes} --steps {args.steps} "
+               f"--preset {args.preset} --models {args.models}`")
+    lines = [[str(date.today()), where, command, kind, f"{m['nrmse/h1']:.3f}", f"{m['nrmse/h10']:.3f}",
+              f"{m['nrmse/h50']:.3f}", f"{m['persistence_nrmse/h50']:.3f}", f"{m['linear_nrmse/h50']:.3f}",
+              f"{m['nrmse/h50'] / m['persistence_nrmse/h50']:.2f}", f"{m['nrmse/h50'] / m['linear_nrmse/h50']:.2f}",
+              f"{m.get('coverage90/h10', float('nan')):.2f}", f"{m.get('coverage90/h50', float('nan')):.2f}",
+              f"{m.get('crps/h10', float('nan')):.3f}", f"{cost * 1e3:.2f}", f"{sr:.0f} / {mr:.0f} = {sr / mr:.2f}"]
+             for kind, m, cost, sr, mr, _ in rows]
+    print(table_header(COLUMNS) + "".join(table_row(line) for line in lines))
     if not args.no_record:
-        with (ROOT / "BENCHMARKS.md").open("a") as f:
-            f.write(text)
+        record_rows(ROOT / "BENCHMARKS.md", "bench_models", lines, COLUMNS)
 
 
 if __name__ == "__main__":

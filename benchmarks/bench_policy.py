@@ -8,7 +8,7 @@ ensemble, then `train.py policy`'s loop (collect one policy episode per iteratio
 its real return measured after each iteration against the real steps used so far (random data
 included); (b) stable-baselines3 SAC (learning rate 1e-3) trained directly on Pendulum-v1, its real
 return measured at each budget. Real return = mean over 20 episodes with deterministic actions.
-Writes a table and a learning-curve PNG, and appends both to BENCHMARKS.md.
+Writes a learning-curve PNG (docs/bench_policy_curve.png) and records rows in BENCHMARKS.md (latest first).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import record_rows, table_header, table_row  # noqa: E402  (benchmarks/common.py)
 
 from policies import PolicyConfig, real_return  # noqa: E402
 from policies.loop import train_policy  # noqa: E402
@@ -92,6 +94,11 @@ def at_budget(curve: list[tuple[int, float]], budget: int) -> float:
     return max(values) if values else float("nan")
 
 
+# One row per budget and run; the last column is the run's summary, repeated on each of its rows.
+COLUMNS = ("date", "machine", "command", "real steps", "ours: real return (mean ± std over seeds)", "SAC: real return",
+           "ours wall s", "SAC wall s", "real steps to reach ≥ -200 (ours; SAC)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
@@ -103,7 +110,7 @@ def main() -> None:
     parser.add_argument("--fit-steps", type=int, default=2000)
     parser.add_argument("--refit-steps", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script runs")
-    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--no-record", action="store_true", help="print only, record nothing")
     args = parser.parse_args()
     if args.quick:
         args.iterations, args.timesteps, args.fit_steps, args.refit_steps = 2, 1000, 100, 20
@@ -118,13 +125,12 @@ def main() -> None:
         print(f"seed {seed}: ours {ours[seed][0]} ({ours[seed][1]:.0f} s); SAC {sac[seed][0]} ({sac[seed][1]:.0f} s)",
               flush=True)
 
-    rows = ["| real steps | ours: real return (mean ± std over seeds) | SAC: real return | ours wall s | SAC wall s |",
-            "|---|---|---|---|---|"]
+    rows: list[list[str]] = []
     for b in budgets:
         o = np.array([at_budget(ours[s][0], b) for s in ours])
         c = np.array([dict(sac[s][0])[b] for s in sac])
-        rows.append(f"| {b} | {np.nanmean(o):.0f} ± {np.nanstd(o):.0f} | {c.mean():.0f} ± {c.std():.0f} | "
-                    f"{np.mean([ours[s][1] for s in ours]):.0f} | {np.mean([sac[s][1] for s in sac]):.0f} |")
+        rows.append([str(b), f"{np.nanmean(o):.0f} ± {np.nanstd(o):.0f}", f"{c.mean():.0f} ± {c.std():.0f}",
+                     f"{np.mean([ours[s][1] for s in ours]):.0f}", f"{np.mean([sac[s][1] for s in sac]):.0f}"])
     # Steps each method needs to reach -200 (first point at or above it).
     def first_reach(curve: list[tuple[int, float]]) -> float:
         hits = [s for s, r in sorted(curve) if r >= -200]
@@ -132,8 +138,7 @@ def main() -> None:
 
     ours_reach = [first_reach(ours[s][0]) for s in ours]
     sac_reach = [first_reach(sac[s][0]) for s in sac]
-    summary = (f"real steps to reach ≥ -200: ours {ours_reach}, SAC {sac_reach} "
-               f"(SAC measured only at budgets {budgets})")
+    summary = f"ours {ours_reach}; SAC {sac_reach} (SAC measured only at budgets {budgets})"
 
     png = ROOT / "docs" / "bench_policy_curve.png"
     import matplotlib
@@ -155,15 +160,13 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=80)
 
-    text = "\n".join([
-        f"\n### bench_policy — {date.today()} — {platform.machine()} CPU, {torch.get_num_threads()} threads", "",
-        f"`python benchmarks/bench_policy.py --seeds {args.seeds} --budgets {args.budgets} --random-episodes "
-        f"{args.random_episodes} --iterations {args.iterations} --timesteps {args.timesteps}`", "", *rows, "",
-        summary, "", f"![learning curves](docs/{png.name})", ""])
-    print(text)
+    where = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    command = (f"`python benchmarks/bench_policy.py --seeds {args.seeds} --budgets {args.budgets} --random-episodes "
+               f"{args.random_episodes} --iterations {args.iterations} --timesteps {args.timesteps}`")
+    lines = [[str(date.today()), where, command, *row, summary] for row in rows]
+    print(table_header(COLUMNS) + "".join(table_row(line) for line in lines) + f"learning curves: {png}")
     if not args.no_record:
-        with (ROOT / "BENCHMARKS.md").open("a") as f:
-            f.write(text)
+        record_rows(ROOT / "BENCHMARKS.md", "bench_policy", lines, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """GPU check: train every world model in fp32 and bf16-mixed, step the vector env, run the scenario generator.
 
     python benchmarks/gpu_check.py                       # on a CUDA machine: under 5 minutes
-    python benchmarks/gpu_check.py --record BENCHMARKS.md   # also append the rows there, with the card's name
+    python benchmarks/gpu_check.py --record BENCHMARKS.md   # also records rows there (latest first)
     python benchmarks/gpu_check.py --cpu-smoke           # reduced sizes on CPU (under 2 minutes): the script works
 
 Records a Pendulum-v1 store, then measures on one device:
@@ -39,6 +39,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing it
+
+from common import record_rows  # noqa: E402  (benchmarks/common.py)
+
+# One row per measurement of a run, with the table's columns plus when, where and how.
+COLUMNS = ("date", "machine", "command", "component", "config", "precision", "work", "seconds", "throughput", "unit",
+           "peak GPU MiB")
 
 
 @dataclass
@@ -230,7 +236,8 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> list[Row]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="reduced sizes on CPU: checks the script runs")
-    p.add_argument("--record", type=Path, default=None, metavar="MD", help="append the table to this file")
+    p.add_argument("--record", type=Path, default=None, metavar="MD",
+                   help="records rows in this BENCHMARKS.md (latest first)")
     p.add_argument("--only", default=None, help="comma-separated subset: train,env,generate")
     args = p.parse_args(argv)
     if args.cpu_smoke:
@@ -278,9 +285,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
              f"{total:.0f} s in all")
     print(f"\n{title}\n{table(rows)}")
     if args.record is not None:
-        with args.record.open("a") as f:
-            f.write(f"\n### {title}\n\n`python benchmarks/gpu_check.py{' --cpu-smoke' if args.cpu_smoke else ''}`"
-                    f"\n\n{table(rows)}\n")
+        command = f"`python benchmarks/gpu_check.py{' --cpu-smoke' if args.cpu_smoke else ''}` ({total:.0f} s in all)"
+        where = f"{device_name(device)}, torch {torch.__version__}, Python {platform.python_version()}"
+        record_rows(args.record, "gpu_check", [
+            [dt.date.today().isoformat(), where, command, r.component, r.config, r.precision, r.work,
+             f"{r.seconds:.2f}", f"{r.throughput:,.0f}", r.unit, "-" if r.peak_mib is None else f"{r.peak_mib:,.0f}"]
+            for r in rows], COLUMNS)
         print(f"results: {args.record}")
     return rows
 
