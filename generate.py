@@ -28,9 +28,7 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
-from data_pipeline.errors import UserError, run_cli
+from data_pipeline.errors import run_cli
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.store.overwrite import check_not_an_input
 from scenarios import (
@@ -45,6 +43,7 @@ from scenarios import (
     summarize,
     track_run,
 )
+from scenarios.ranks import launch
 from tracking.runs import system_name
 from worldmodel.threads import apply_threads, parse_threads
 
@@ -90,21 +89,6 @@ def byte_size(text: str) -> int:
     return int(float(number) * 1024 ** "_KMGT".index(unit.upper() or "_"))
 
 
-def _one_process() -> None:
-    """The barrier of a 1-process run: nothing to wait for."""
-
-
-def single_device(accelerator: str) -> torch.device:
-    """The device of a 1-process run, from a Lightning accelerator name."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps")
-    if accelerator in ("cpu", "auto"):
-        return torch.device("cpu")
-    raise UserError(f"--accelerator {accelerator!r}; expected cpu, gpu, cuda, mps or auto")
-
-
 def main(argv: list[str] | None = None) -> dict[str, str]:
     """Run the command line; returns the printed `key: value` results (on rank 0)."""
     args = parse_args(argv)
@@ -112,20 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     spec = load_spec(args.config)
     if args.seed is not None:
         spec = spec.with_seed(args.seed)
-    rank, world_size, barrier = 0, 1, _one_process
-    if args.devices > 1 or args.num_nodes > 1:
-        # Lightning launches the other ranks (this script again, under DDP) and finds them on a cluster.
-        from lightning.fabric import Fabric
-
-        fabric = Fabric(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
-                        strategy="ddp")
-        fabric.launch()
-        rank, world_size, barrier = fabric.global_rank, fabric.world_size, fabric.barrier
-        device = fabric.device
-    else:
-        device = single_device(args.accelerator)  # one process: no need to import Lightning
+    ranks = launch(args.accelerator, args.devices, args.num_nodes)
     # CPU ranks on one node share its cores instead of oversubscribing them.
-    apply_threads(args.threads, processes=args.devices if device.type == "cpu" else 1)
+    apply_threads(args.threads, processes=args.devices if ranks.device.type == "cpu" else 1)
     if args.model.startswith(("runs:/", "models:/")):
         import mlflow
 
@@ -134,14 +107,14 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         mlflow.set_tracking_uri(tracking_uri())
     import worldmodel
 
-    model = worldmodel.load(args.model, map_location=device)
+    model = worldmodel.load(args.model, map_location=ranks.device)
     store = TrajectoryStore.open(args.store)
     fingerprint = store.fingerprint()
     attrs: dict[str, object] = {"model": args.model, "spec_file": str(args.config)}
-    index = generate(spec, model, store, args.out, attrs=attrs, rank=rank, world_size=world_size,
-                     barrier=barrier, overwrite=args.overwrite, progress=not args.no_progress,
+    index = generate(spec, model, store, args.out, attrs=attrs, rank=ranks.rank, world_size=ranks.world_size,
+                     barrier=ranks.barrier, overwrite=args.overwrite, progress=not args.no_progress,
                      max_memory=args.max_memory)
-    if rank != 0:
+    if ranks.rank != 0:
         return {}
     stem = str(args.out).rstrip("/").removesuffix(".zarr")
     files = {"summary": Path(f"{stem}.summary.csv"), "calibration": Path(f"{stem}.calibration.csv")}

@@ -9,6 +9,7 @@ points under interventions, written to a scenario store (DESIGN contract 6). gen
 | `starts.py` | starting points resolved against a trajectory store; history files; the rows each start needs |
 | `rollout.py` | the sampler loop: interventions applied, futures imagined per block (open or closed loop); its memory |
 | `run.py` | `generate`: one scenario set from spec to finished store, on each rank |
+| `ranks.py` | where a run executes: one process on a device, or DDP ranks launched by Lightning Fabric |
 | `store.py` | the scenario store: layout, creation, block writes, typed reads |
 | `summary.py` | the summary table, calibration against the recorded future, their text forms |
 | `plots.py` | fan charts per starting point |
