@@ -22,8 +22,8 @@ from typing import Any
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import Callback
+from training_helpers import quiet_trainer, tiny_datamodule
 
-from data_pipeline.windows.datamodule import WindowDataModule
 from tracking.logger import BufferedMLflowLogger
 from worldmodel.lightning import WorldModelModule
 
@@ -84,17 +84,6 @@ def test_a_failed_run_is_marked_failed_not_left_running(tmp_path: Path, capsys: 
     logger.log_metrics({"loss": 1.0}, step=1)
     logger.finalize("failed")  # the server is away: one try, then say what is left where
     assert "could not mark run run-1 FAILED" in capsys.readouterr().out
-
-
-def _datamodule(path: str, **kwargs: object) -> WindowDataModule:
-    args = {"window": 8, "batch_size": 4, "batches_per_epoch": 10, "val_batches": 1}
-    return WindowDataModule(path, **{**args, **kwargs})
-
-
-def _trainer(root: Path, callbacks: list[Callback], **kwargs: object) -> L.Trainer:
-    args = {"max_epochs": 1, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "num_sanity_val_steps": 0, "default_root_dir": str(root)}
-    return L.Trainer(callbacks=callbacks, **{**args, **kwargs})
 
 
 # ------------------------------------------------------------------------------ MLflow outage
@@ -197,11 +186,11 @@ def test_training_survives_an_mlflow_server_outage_without_losing_metrics(tmp_pa
         tracker.log_hyperparams({"test": "outage"})
         outage = _Outage(server, tracker, down=5, up=15, wait=30)
         module = WorldModelModule(kind="ensemble", config={"preset": "tiny"})
-        trainer = _trainer(tmp_path, [outage], max_epochs=4, log_every_n_steps=1, enable_checkpointing=False)
+        trainer = quiet_trainer(tmp_path, [outage], max_epochs=4, log_every_n_steps=1, enable_checkpointing=False)
         trainer.loggers = [tracker]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            trainer.fit(module, datamodule=_datamodule(tiny.path))
+            trainer.fit(module, datamodule=tiny_datamodule(tiny.path))
         assert trainer.global_step == 40, "training stopped early"
         assert tracker.failed_flushes > 0, "no send failed: the outage was not felt"
         tracker.end_run()

@@ -15,22 +15,11 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from training_helpers import quiet_trainer, tiny_datamodule
 
 from data_pipeline.store import StoreCorruptionError
 from data_pipeline.windows.batch import Batch
-from data_pipeline.windows.datamodule import WindowDataModule
 from worldmodel.lightning import LAST_GOOD, WorldModelModule
-
-
-def _datamodule(path: str, **kwargs: object) -> WindowDataModule:
-    args = {"window": 8, "batch_size": 4, "batches_per_epoch": 10, "val_batches": 1}
-    return WindowDataModule(path, **{**args, **kwargs})
-
-
-def _trainer(root: Path, callbacks: list[Callback], **kwargs: object) -> L.Trainer:
-    args = {"max_epochs": 1, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "num_sanity_val_steps": 0, "default_root_dir": str(root)}
-    return L.Trainer(callbacks=callbacks, **{**args, **kwargs})
 
 
 # ------------------------------------------------------------------------------------------ NaN
@@ -49,13 +38,13 @@ def test_nan_loss_stops_naming_step_and_batch_after_a_last_good_checkpoint(tmp_p
     tiny = tiny_store(episodes=[60] * 6, chunk_steps=16)
     ckpt_dir = tmp_path / "ckpt"
     module = WorldModelModule(kind="ensemble", config={"preset": "tiny"})
-    trainer = _trainer(tmp_path, [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=5),
+    trainer = quiet_trainer(tmp_path, [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=5),
                                   _PoisonAt(7)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(FloatingPointError, match=r"global step 7, epoch 0, batch 7: the batch holds non-finite "
                                                      r"obs.*last-good\.ckpt") as info:
-            trainer.fit(module, datamodule=_datamodule(tiny.path))
+            trainer.fit(module, datamodule=tiny_datamodule(tiny.path))
     print(info.value)
     good = torch.load(ckpt_dir / LAST_GOOD, map_location="cpu", weights_only=False)
     assert good["global_step"] == 7
@@ -67,10 +56,10 @@ def test_nan_loss_stops_naming_step_and_batch_after_a_last_good_checkpoint(tmp_p
 
     # It resumes at the failing batch: with clean data, training completes the epoch.
     resumed = WorldModelModule(kind="ensemble", config={"preset": "tiny"})
-    trainer = _trainer(tmp_path, [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=5)])
+    trainer = quiet_trainer(tmp_path, [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=5)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(resumed, datamodule=_datamodule(tiny.path), ckpt_path=str(ckpt_dir / LAST_GOOD))
+        trainer.fit(resumed, datamodule=tiny_datamodule(tiny.path), ckpt_path=str(ckpt_dir / LAST_GOOD))
     assert trainer.global_step == 10
 
 
@@ -79,7 +68,7 @@ def test_fit_on_a_corrupted_chunk_fails_naming_array_and_chunk(tmp_path, tiny_st
     import train
 
     tiny = tiny_store(episodes=[60] * 6, chunk_steps=16)
-    _datamodule(tiny.path).prepare()  # the normalization is cached: the failure must come from the windows
+    tiny_datamodule(tiny.path).prepare()  # the normalization is cached: the failure must come from the windows
     chunk = Path(tiny.path) / "obs" / "c" / "3" / "0"
     data = bytearray(chunk.read_bytes())
     for i in range(len(data) // 2, len(data) // 2 + 4):
