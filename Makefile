@@ -20,9 +20,12 @@ demo: $(STAMP)
 	$(BIN)/python demo.py
 
 test: $(STAMP)
-	@# The MQTT tests start a real broker: Debian's mosquitto (they skip, saying so, where it is missing).
+	@# Services the tests run for real: Debian's mosquitto (MQTT broker) and Chromium with its driver
+	@# (dashboard tests). The OPC UA server is asyncua's own, from pyproject. Tests skip, saying so, where one is missing.
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 		(apt-get update && apt-get install -y mosquitto) || echo "mosquitto not installed: MQTT tests will skip"
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
+		(apt-get update && apt-get install -y chromium chromium-driver) || echo "chromium not installed: browser tests will skip"
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
