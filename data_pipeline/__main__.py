@@ -1,6 +1,7 @@
 """Command line of the data pipeline.
 
     python -m data_pipeline record --env Pendulum-v1 --episodes 50 --policy random --seed 0 --out p.zarr
+    python -m data_pipeline record --env fmu:osc.fmu --fmu-config osc.yaml --episodes 20 --out osc.zarr
     python -m data_pipeline ingest csv logs.csv --spec spec.yaml --out plant.zarr
     python -m data_pipeline stream --source mqtt://127.0.0.1:1883/plant --spec spec.yaml --out live.zarr
     python -m data_pipeline info p.zarr
@@ -24,17 +25,17 @@ if TYPE_CHECKING:
     from data_pipeline.record import Policy
 
 
-def _behaviour_policy(spec: str, env_id: str, seed: int, trust_pickle: bool = False) -> Policy | Literal["random"]:
+def _behaviour_policy(spec: str, env_id: str, seed: int, trust_pickle: bool = False,
+                      env_kwargs: dict | None = None) -> Policy | Literal["random"]:
     """`--policy`: "random" stays `record`'s built-in (each episode's own seeded action space); a policy
     file or "module:function" becomes a batched callable (policies.behaviour), checked before any store
     is made. A bare stable-baselines3 zip is unpickled only with `--trust-pickle`."""
     if spec == "random":
         return "random"
-    import gymnasium as gym
-
+    from data_pipeline.record import make_env
     from policies.behaviour import make_policy
 
-    env = gym.make(env_id)  # for its action space only
+    env = make_env(env_id, **(env_kwargs or {}))  # for its action space only
     try:
         return make_policy(spec, env.action_space, seed=seed, trust_pickle=trust_pickle)
     finally:
@@ -43,13 +44,17 @@ def _behaviour_policy(spec: str, env_id: str, seed: int, trust_pickle: bool = Fa
 
 def _cmd_record(args: argparse.Namespace) -> int:
     from data_pipeline.record import RecordInterrupted, read_names, record
+    from data_pipeline.record.env_schema import FMU_PREFIX
 
+    if args.env.startswith(FMU_PREFIX) != (args.fmu_config is not None):
+        raise UserError(f"--env {args.env}: --fmu-config is needed with --env fmu:PATH.fmu and only there")
+    env_kwargs = {"config": args.fmu_config} if args.fmu_config is not None else None
     try:
         store = record(
             args.env,
             args.episodes,
             args.out,
-            policy=_behaviour_policy(args.policy, args.env, args.seed, args.trust_pickle),
+            policy=_behaviour_policy(args.policy, args.env, args.seed, args.trust_pickle, env_kwargs),
             seed=args.seed,
             num_envs=args.num_envs,
             image_size=args.image_size,
@@ -60,6 +65,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
             commit_interval=args.commit_interval,
             obs_names=read_names(args.obs_names, "obs"),
             action_names=read_names(args.action_names, "action"),
+            env_kwargs=env_kwargs,
         )
     except RecordInterrupted as stop:  # every finished episode is committed; exit 128 + signal, as a shell does
         print(f"store: {args.out}")
@@ -149,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True,
                    help="Gymnasium env id: classic control, MuJoCo, any registered env, or your own as module:EnvId "
                         "(e.g. mypkg.envs:Tank-v0; the module is imported first and registers EnvId). A Dict / "
-                        "Tuple observation is flattened into channels named by its keys (position.0, sensors.2.temp)")
+                        "Tuple observation is flattened into channels named by its keys (position.0, sensors.2.temp); "
+                        "fmu:PATH.fmu runs an FMI 2.0 co-simulation FMU (with --fmu-config, docs/fmu.md)")
+    p.add_argument("--fmu-config", default=None,
+                   help="with --env fmu:PATH.fmu: YAML naming the FMU inputs that are actions, the outputs that are "
+                   "observations, parameters, start values and ranges, dt (docs/fmu.md)")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
     p.add_argument("--policy", default="random",
                    help="'random', a policy file (policy.zip with its .json and .safetensors, see docs/policy.md), "

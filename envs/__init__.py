@@ -1,6 +1,6 @@
 """Gymnasium environments over learned world models (DESIGN contract 5).
 
-`import envs` registers `WorldModel-v0`, so both of these work:
+`import envs` registers `WorldModel-v0` (and `FMU-v0`, an FMU as an env: envs/fmu.py), so both of these work:
 
     gymnasium.make("WorldModel-v0", model="model.pt", store="pendulum.zarr")
     gymnasium.make_vec("WorldModel-v0", num_envs=64, vectorization_mode="vector_entry_point",
@@ -20,6 +20,7 @@ See docs/envs.md.
 | `render.py` | `render()`: channels over the episode, or the predicted image |
 | `rewards.py` | known reward and termination formulas (`envs.rewards:pendulum`, …) |
 | `sb3.py` | `SB3VecEnv` / `make_sb3_env`: the vector env as a stable-baselines3 VecEnv |
+| `fmu.py` | `FMUEnv`: `FMU-v0`, an FMI 2.0 co-simulation FMU as an env (docs/fmu.md) |
 | `live.py` | `python -m envs.live`, an alias of `python -m twin.live` |
 """
 
@@ -32,6 +33,7 @@ from envs.world_model_env import WorldModelEnv
 
 ENV_ID = "WorldModel-v0"
 DEFAULT_MAX_EPISODE_STEPS = 200
+FMU_ENV_ID = "FMU-v0"
 
 if ENV_ID not in gymnasium.registry:
     gymnasium.register(
@@ -41,5 +43,8 @@ if ENV_ID not in gymnasium.registry:
         max_episode_steps=DEFAULT_MAX_EPISODE_STEPS,
     )
 
-__all__ = ["DEFAULT_MAX_EPISODE_STEPS", "ENV_ID", "BatchedCore", "CoreConfig", "WorldModelEnv", "WorldModelVectorEnv",
-           "load_model", "open_store"]
+if FMU_ENV_ID not in gymnasium.registry:  # the FMU's config sets the episode length
+    gymnasium.register(id=FMU_ENV_ID, entry_point="envs.fmu:FMUEnv")
+
+__all__ = ["DEFAULT_MAX_EPISODE_STEPS", "ENV_ID", "FMU_ENV_ID", "BatchedCore", "CoreConfig", "WorldModelEnv",
+           "WorldModelVectorEnv", "load_model", "open_store"]

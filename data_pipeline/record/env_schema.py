@@ -156,9 +156,17 @@ def _flattened(env: gym.Env) -> gym.Env:
     return gym.wrappers.FlattenObservation(env)
 
 
+FMU_PREFIX = "fmu:"
+"""`--env fmu:PATH.fmu`: the FMU at PATH as `FMU-v0` (envs/fmu.py; `config=` the FMU config)."""
+
+
 def make_env(env_id: str, image_size: int | None = None, **kwargs: Any) -> gym.Env:
     """`gym.make(env_id, **kwargs)`, a Dict / Tuple observation flattened into one vector; with `image_size`,
-    its rendering (size, size, 3) is the observation (and the flattened vector its state)."""
+    its rendering (size, size, 3) is the observation (and the flattened vector its state). `fmu:PATH` makes
+    `FMU-v0` (imported from envs at make time, as gymnasium's `module:EnvId` form does) with `fmu=PATH`."""
+    if env_id.startswith(FMU_PREFIX):
+        kwargs = {"fmu": env_id[len(FMU_PREFIX):], **kwargs}
+        env_id = "envs:FMU-v0"
     if image_size:
         return RenderedObservation(_flattened(gym.make(env_id, render_mode="rgb_array", **kwargs)), image_size)
     return _flattened(gym.make(env_id, **kwargs))
@@ -208,6 +216,10 @@ def schema_for_env(env: gym.Env, env_id: str, image_size: int | None = None, obs
     known = known_channels(env_id.split("-")[0], n_obs, n_act)
     provenance: dict[str, Any] = {"source": "record", "env_id": env_id, "image_size": image_size,
                                   "gymnasium": gym.__version__}
+    declared = getattr(env.unwrapped, "store_channels", None)  # an env that names its channels (FMU-v0)
+    if declared:
+        known = ChannelNames(**declared)
+        provenance.update(getattr(env.unwrapped, "store_provenance", {}))
     structured = structured_space(env)
     if structured is not None:  # a reader maps the channels back with spaces.unflatten(space, row)
         flat = flat_channel_names(structured)
