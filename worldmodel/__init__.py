@@ -19,7 +19,7 @@
 | `lightning.py` | `WorldModelModule`, the thin Lightning wrapper `train.py fit` trains |
 | `evaluation.py` | open-loop evaluation (NRMSE, coverage, CRPS) against persistence and linear baselines |
 | `physics.py` | the physics prior contract (`PhysicsPrior`, `PhysicalParameter`, `load_prior`) the hybrid model and FMU priors follow |
-| `fmu_prior.py` | `FMUPrior` / `fmu_prior(fmu, config)`: an FMU as a discrete-time prior; `calibrate` its parameters to a store (`python -m worldmodel.fmu_prior`) |
+| `fmu_prior.py` | `FMUPrior`, `fmu_prior(fmu, config)`: an FMU as a step prior; `calibrate` (CLI) fits it |
 | `threads.py` | the torch thread count of a command (`--threads`): usable CPUs, OMP_NUM_THREADS, small models |
 """
 
