@@ -28,6 +28,18 @@ def oscillator_fmu(tmp_path_factory: pytest.TempPathFactory, model_exchange_only
     return path
 
 
+@pytest.fixture(scope="session")
+def osc_fmu(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The oscillator FMU (co-simulation), built once per session."""
+    return oscillator_fmu(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def me_only_fmu(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The oscillator as a model-exchange-only FMU (refused where co-simulation is needed)."""
+    return oscillator_fmu(tmp_path_factory, model_exchange_only=True)
+
+
 def write_config(path: Path, data: dict, **changes: object) -> Path:
     """Write an FMU config (RECORD_CONFIG-like `data` with `changes` applied) as YAML; returns its path."""
     path.write_text(yaml.safe_dump({**data, **changes}), encoding="utf-8")

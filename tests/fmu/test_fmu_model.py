@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fmu_helpers import RECORD_CONFIG
+from fmu_helpers import RECORD_CONFIG, me_only_fmu, osc_fmu  # noqa: F401  (fixtures)
 
 from data_pipeline.specfile import SpecError, validate_spec
 from fmu.config import FMUConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fmu_helpers import RECORD_CONFIG, write_config
+from fmu_helpers import RECORD_CONFIG, osc_fmu, write_config  # noqa: F401  (fixture)
 
 from data_pipeline.record import record
 from fmu.config import FMUConfig

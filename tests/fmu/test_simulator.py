@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fmu_helpers import RECORD_CONFIG
+from fmu_helpers import RECORD_CONFIG, osc_fmu  # noqa: F401  (fixture)
 
 from fmu.config import FMUConfig
 from fmu.simulator import FMUSimulator
