@@ -252,7 +252,9 @@ def test_bad_input_is_one_line_and_exit_1(plant: dict[str, Path], tmp_path: Path
               "holds a twinworld trajectory store; expected a twinworld scenario store"),
              (["--store", str(plant["spec"])], "holds a file; expected a twinworld trajectory store"),
              (["--store", str(plant["dir"])], "holds a directory that is not a twinworld store"),
-             (["--store", str(plant["store"]), "--live", "-"], "--live needs --model")]
+             (["--store", str(plant["store"]), "--live", "-"], "--live needs --model"),
+             (["--store", str(tmp_path / "new.zarr"), "--live", "-", "--model", str(plant["model"]), "--spec",
+               str(tmp_path / "missing.yaml")], "--live: ")]  # the mirror's own error, before anything is served
     for args, expected in cases:  # the same path in-process (each subprocess costs seconds of imports)
         assert run_cli(partial(main, args), "python -m twin.dashboard") == 1
         err = capsys.readouterr().err
@@ -265,3 +267,64 @@ def test_only_loopback_binds_silently(capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().err == ""
     assert check_host("0.0.0.0") == "0.0.0.0"
     assert "warning: listening on 0.0.0.0, not loopback" in capsys.readouterr().err
+
+
+def test_mirror_hands_each_row_with_the_prediction_made_for_it(plant: dict[str, Path]) -> None:
+    """`LiveMirror.on_row`, the hook the Live view reads: every row, and the twin's prediction from a row earlier."""
+    from data_pipeline.stream import Block
+    from twin import AnomalyScorer, LiveMirror, Twin
+
+    twin = Twin(str(plant["model"]))
+    mirror = LiveMirror(twin, AnomalyScorer(twin.model, threshold=8.0))
+    seen: list[tuple[int, np.ndarray, Any, Any, float]] = []
+    mirror.on_row = lambda t, obs, mean, std, out: seen.append((t, obs.copy(), mean, std, float(out.score[0])))
+    with TrajectoryStore.open(plant["store"]) as store:
+        ep = store.read_episode(0)
+    assert ep.obs is not None
+    obs, n, time_ns = ep.obs, len(ep.obs), np.asarray(ep.time, np.int64)
+    mirror.on_blocks([Block("a", time_ns[:10], obs[:10], ep.action[:10], ep.reward[:10], starts_piece=True),
+                      Block("a", time_ns[10:], obs[10:], ep.action[10:], ep.reward[10:], ends_piece=True)])
+    assert [t for t, *_ in seen] == time_ns.tolist() and len(seen) == n == mirror.stats.steps
+    np.testing.assert_array_equal(np.stack([o for _, o, *_ in seen]), obs)
+    assert seen[0][2] is None and np.isnan(seen[0][4])  # a piece's first row has no prediction, no score
+    ref = Twin(str(plant["model"]))  # the prediction handed with row k is the one made at row k - 1
+    mean, std = ref.track(obs[:5], ep.action[:5])
+    np.testing.assert_allclose(seen[3][2][0], mean[2], rtol=1e-5)
+    np.testing.assert_allclose(seen[3][3][0], std[2], rtol=1e-5)
+
+
+def test_model_card_reads_lineage_evaluation_and_physics(plant: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from twin.dashboard.data import ModelCard, evaluation_table
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a run in files: seconds faster than a new SQLite db
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("fit"))
+    client.log_param(run.info.run_id, "data.fingerprint", "abc123")
+    for key, value in {"test_eval/nrmse/h5": 0.25, "test_eval/nrmse/h1": 0.1, "val_eval/coverage90/h5": 0.9,
+                       "train/loss": 1.0}.items():
+        client.log_metric(run.info.run_id, key, value)
+    model = tmp_path / "model.pt"
+    shutil.copy(plant["model"], model)
+    (tmp_path / "mlflow_run_id").write_text(run.info.run_id)  # what train.py leaves beside the model
+
+    class Hybrid:  # a hybrid model reports its identified physical parameters with describe()
+        def describe(self) -> dict[str, float]:
+            return {"g": 9.81}
+
+    card = ModelCard.load(str(model), Hybrid())
+    assert card.kind == "ensemble" and card.run_id == run.info.run_id
+    assert card.params["data.fingerprint"] == "abc123"
+    assert card.evaluation is not None  # one row per split and metric, one column per horizon
+    assert card.evaluation.fillna(-1).to_dict("records") == [
+        {"split": "test", "metric": "nrmse", "h1": 0.1, "h5": 0.25},
+        {"split": "val", "metric": "coverage90", "h1": -1, "h5": 0.9}]
+    per_channel = evaluation_table({"test_eval/nrmse/h5/theta_dot": 0.3})  # (beside nrmse/h5 only in SQLite stores)
+    assert per_channel is not None and per_channel.to_dict("records") == [
+        {"split": "test", "metric": "nrmse (theta_dot)", "h5": 0.3}]
+    assert card.physics == {"g": 9.81}
+    assert ModelCard.load(str(plant["model"])).run_id is None  # no lineage: the card says so, no error

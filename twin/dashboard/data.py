@@ -13,6 +13,7 @@ import html
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,12 +90,15 @@ class ModelCard:
 
     def _from_mlflow(self) -> None:
         """The training run's params (data fingerprint, store) and evaluation metrics, if the server answers."""
+        from tracking.logger import tracking_uri
+
+        uri = tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # asking would create it
+            self.note = f"MLflow run {self.run_id}: no tracking store at {uri} (set MLFLOW_TRACKING_URI)"
+            return
         try:
             from mlflow import MlflowClient
 
-            from tracking.logger import tracking_uri
-
-            uri = tracking_uri()
             run = MlflowClient(uri).get_run(str(self.run_id))
         except Exception as err:  # lineage is a link, not a requirement: the card shows why it is missing
             self.note = f"MLflow run {self.run_id} not readable: {type(err).__name__}: {str(err)[:200]}"
@@ -103,11 +107,26 @@ class ModelCard:
         self.params = {k: v for k, v in run.data.params.items() if k.startswith("data.")}
         if uri.startswith(("http://", "https://")):
             self.run_url = f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-        metrics = {k: v for k, v in run.data.metrics.items() if "_eval/" in k}
-        if metrics:
-            rows = [{"split": k.split("_eval/")[0], "metric": k.split("_eval/")[1], "value": v}
-                    for k, v in sorted(metrics.items())]
-            self.evaluation = pd.DataFrame(rows)
+        self.evaluation = evaluation_table(run.data.metrics)
+
+
+def evaluation_table(metrics: dict[str, float]) -> pd.DataFrame | None:
+    """The run's `<split>_eval/<metric>/h<H>[/<channel>]` metrics (worldmodel.evaluation) as one row per split and
+    metric, one column per horizon; None where the run logged no evaluation."""
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for key, value in metrics.items():
+        split, _, rest = key.partition("_eval/")
+        parts = rest.split("/")
+        if not rest or len(parts) < 2 or not parts[1].startswith("h"):
+            continue
+        name = parts[0] + (f" ({parts[2]})" if len(parts) > 2 else "")
+        rows.setdefault((split, name), {})[parts[1]] = value
+    if not rows:
+        return None
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table = table[sorted(table.columns, key=lambda h: int(h[1:]) if h[1:].isdigit() else 0)]
+    table.index = pd.MultiIndex.from_tuples(list(table.index), names=["split", "metric"])
+    return table.sort_index().reset_index()
 
 
 def _coverage(data: StoreData) -> list[pn.viewable.Viewable]:

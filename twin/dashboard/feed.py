@@ -91,7 +91,8 @@ class LiveFeed:
         except BaseException as err:  # shown on the page and, before the mirror is built, as the command's error
             known = isinstance(err, UserError | ValueError | OSError)
             self.error = str(err) if known else f"{type(err).__name__}: {err}"
-            print(f"twin.dashboard: live mirror stopped: {self.error}", file=sys.stderr, flush=True)
+            if self.mirror is not None:  # before, `start` raises it as the command's one error line
+                print(f"twin.dashboard: live mirror stopped: {self.error}", file=sys.stderr, flush=True)
         finally:
             self._ready.set()
 
