@@ -224,6 +224,7 @@ def test_dashboard_renders_every_view_and_the_live_view_follows_the_stream(plant
         assert store.num_steps >= 190
 
 
+@pytest.mark.slow  # ~25 s on the shared CPU: the server and Chromium start
 def test_dashboard_data_view_without_live(plant: dict[str, Path], browser: Any, tmp_path: Path) -> None:
     server = Server(["--store", str(plant["store"]), "--model", str(plant["model"])], tmp_path / "server.log")
     try:

@@ -118,17 +118,15 @@ def serve(sources: Sources, host: str, port: int) -> None:
                            verbose=False)
     server.start()
     loop = server.io_loop
-
-    def stop(signum: int, frame: Any) -> None:
-        loop.add_callback_from_signal(loop.stop)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:  # asyncio's own signal handling: the loop stops between callbacks, never inside one
+        loop.asyncio_loop.add_signal_handler(sig, loop.stop)
     print(f"twin.dashboard: serving http://{host}:{server.port}/ (SIGINT / SIGTERM stop)", file=sys.stderr, flush=True)
     try:
         loop.start()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in signals:
+            loop.asyncio_loop.remove_signal_handler(sig)
         server.stop()
         if sources.feed is not None:
             sources.feed.close()
