@@ -23,7 +23,7 @@ from twin.sync import Twin
 
 AlertSink = Callable[[dict[str, Any]], None]
 """Takes one alert: `{"time": ns, "score": …, "threshold": …, "channels": {name: contribution, …}}`."""
-RowSink = Callable[[int, np.ndarray, "np.ndarray | None", "np.ndarray | None", ScoreStep], None]
+RowSink = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray | None, ScoreStep], None]
 """Sees each scored row: `(time_ns, obs (D,), predicted mean (1, D) or None, predicted std (1, D) or None, scores)`,
 the prediction being the one the twin made for this row a row earlier (None on a piece's first row)."""
 
