@@ -10,9 +10,11 @@
 | `twin.alerts` | alert sinks: stdout, and an MQTT topic when asked |
 | `twin.mlflow_log` | `MlflowLog`: aggregated live metrics to MLflow through `tracking.logger` |
 | `twin.live` | the command `python -m twin.live` (alias `python -m envs.live`): stream + twin + scores |
+| `twin.dashboard` | the command `python -m twin.dashboard`: the operators' web page (live, scenarios, data and model) |
 
 Imports point down: `live` → `alerts`, `mlflow_log` → `mirror` → `scores`, `sync` → `anomaly`. The two
-commands (`live`, `calibrate`) are imported by no other module here, so `python -m` runs each once.
+commands (`live`, `calibrate`) are imported by no other module here, so `python -m` runs each once;
+`dashboard` sits on top of `live` (it runs the live mirror in a thread) and is imported by nothing here.
 """
 
 from twin.anomaly import (

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time as _time
+from collections.abc import Callable
 from typing import Any
 
 from data_pipeline.errors import run_cli
@@ -33,8 +35,12 @@ from worldmodel.threads import apply_threads, parse_threads
 __all__ = ["LiveMirror", "MlflowLog", "ScoreStore", "Twin", "build_parser", "main", "run_live"]
 
 
-def run_live(args: argparse.Namespace) -> dict[str, Any]:
-    """`python -m twin.live`: stream + twin + anomaly scores until the source ends or SIGINT / SIGTERM."""
+def run_live(args: argparse.Namespace, stop: threading.Event | None = None,
+             on_mirror: Callable[[LiveMirror, StreamIngest], None] | None = None) -> dict[str, Any]:
+    """`python -m twin.live`: stream + twin + anomaly scores until the source ends, SIGINT / SIGTERM or `stop`.
+
+    `on_mirror` sees the mirror and the ingest once they are built, before any row (the dashboard
+    watches their counters and rows from another thread)."""
     spec = IngestSpec.from_yaml(args.spec)
     apply_threads(args.threads)
     twin = Twin(args.model, history=args.history, particles=args.particles, device=args.device)
@@ -71,6 +77,8 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
             mlflow_log = MlflowLog({"model": str(args.model), "store": str(args.store), "source": source.name,
                                     "threshold": threshold, "window": config.window, "particles": config.particles,
                                     "kind": config.kind})
+        if on_mirror is not None:
+            on_mirror(mirror, ingest)
         last_commit = [ingest.stats.committed_steps]
 
         def on_blocks(blocks: list[Block]) -> None:
@@ -90,7 +98,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
                     f" (threshold {threshold if threshold is not None else 'none'})  alerts: {mirror.stats.alerts}"
                     f"  committed: {st.committed_steps}  late: {st.late}  duplicates: {st.duplicates}")
 
-        stats = run(source, ingest, on_blocks=on_blocks, status=status, status_every=args.status_every)
+        stats = run(source, ingest, on_blocks=on_blocks, status=status, status_every=args.status_every, stop=stop)
         scores.flush()
         if args.history_out and twin.steps:
             twin.save_history(args.history_out)

@@ -17,12 +17,15 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.stream import Block
-from twin.anomaly import AnomalyScorer
+from twin.anomaly import AnomalyScorer, ScoreStep
 from twin.scores import ScoreStore
 from twin.sync import Twin
 
 AlertSink = Callable[[dict[str, Any]], None]
 """Takes one alert: `{"time": ns, "score": …, "threshold": …, "channels": {name: contribution, …}}`."""
+RowSink = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray | None, ScoreStep], None]
+"""Sees each scored row: `(time_ns, obs (D,), predicted mean (1, D) or None, predicted std (1, D) or None, scores)`,
+the prediction being the one the twin made for this row a row earlier (None on a piece's first row)."""
 
 
 @dataclass
@@ -54,6 +57,8 @@ class LiveMirror:
         self._pending: tuple[np.ndarray, np.ndarray] | None = None
         self._prev_action: np.ndarray | None = None
         self._above = False
+        self.on_row: RowSink | None = None
+        """Set to watch each scored row with its prediction (the dashboard's live view does)."""
 
     def on_blocks(self, blocks: list[Block]) -> None:
         """Track and score each block's rows; a block that starts a piece (after a gap) restarts the belief."""
@@ -83,6 +88,8 @@ class LiveMirror:
             s.max_score = score if not math.isfinite(s.max_score) else max(s.max_score, score)
         if self.scores is not None:
             self.scores.append(time_ns, out)
+        if self.on_row is not None:
+            self.on_row(time_ns, obs, mean, std, out)
         above = bool(out.alert[0])
         s.alert_steps += above
         if above and not self._above:  # one alert per excursion above the threshold
