@@ -20,16 +20,16 @@ from stream_helpers import free_port, stored_series, wait_for
 from data_pipeline.specfile import SpecError
 from data_pipeline.stream.config import StreamSpec
 from data_pipeline.stream.opcua import OpcUaOptions, OpcUaSource, time_value
+from examples.opcua_server import SPEC
 
 SECRET = "s3cr3t-Pa55word"
 DT, T0 = 0.05, 1.7e9
 
 
 def spec_file(tmp_path: Path) -> Path:
-    text = subprocess.run([sys.executable, "-m", "examples.opcua_server", "--print-spec"], capture_output=True,
-                          text=True, check=True, cwd=REPO, env=subprocess_env()).stdout
+    """The demo server's stream spec (`python -m examples.opcua_server --print-spec`)."""
     path = tmp_path / "plant.yaml"
-    path.write_text(text)
+    path.write_text(SPEC.format(dt=0.05))
     return path
 
 
@@ -44,6 +44,9 @@ def start_server(port: int, tmp_path: Path, *args: str) -> subprocess.Popen:
 
 def test_the_node_key_is_checked_and_never_reaches_the_file_ingest(tmp_path: Path) -> None:
     path = spec_file(tmp_path)
+    printed = subprocess.run([sys.executable, "-m", "examples.opcua_server", "--print-spec"], capture_output=True,
+                             text=True, check=True, cwd=REPO, env=subprocess_env()).stdout
+    assert printed == path.read_text()
     spec = StreamSpec.from_yaml(path)
     assert spec.nodes["cos_theta"] == "ns=2;s=Pendulum.cos_theta"
     assert spec.nodes["theta_dot"] == "/Objects/2:Pendulum/2:theta_dot"
