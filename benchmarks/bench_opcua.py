@@ -6,9 +6,9 @@
 1. The demo plant (`python -m examples.opcua_server`, Pendulum-v1, 5 nodes) publishes `rate` steps per
    second (5 x rate node values/s) for `seconds`; `python -m twin.live --source opc.tcp://…
    --publish-opcua ns=2;s=Twin` subscribes, mirrors into a store, scores every step and writes the
-   scores back. Measured: steps mirrored per second while fed (median over the once-a-second status
-   lines, as bench_anomaly's real-time check), seconds from the last published step to the twin's
-   exit (drain + commit), rows committed, scores published.
+   scores back. Measured: the sustained rate, steps mirrored from the twin's first status line that
+   shows any to the one that shows all of them, over the wall time between (status lines every 0.1 s);
+   seconds from SIGINT to exit (commit), rows committed, how often scores were written.
 2. Side by side in the same run: the same twin fed the same rate of JSON lines on stdin
    (`bench_anomaly.realtime_check`, the MQTT/stdin path).
 
@@ -30,7 +30,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,26 +77,30 @@ def opcua_check(model_path: str, spec_path: str, workdir: str, rate: float, seco
         live = subprocess.Popen([sys.executable, "-m", "twin.live", "--model", model_path, "--spec", spec_path,
                                  "--source", f"opc.tcp://127.0.0.1:{port}", "--store",
                                  os.path.join(workdir, "opcua.zarr"), "--no-mlflow", "--window", "5",
-                                 "--reorder-window", "0.2", "--status-every", "1", "--publish-opcua", "ns=2;s=Twin"],
+                                 "--reorder-window", "0.2", "--status-every", "0.1", "--publish-opcua", "ns=2;s=Twin"],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err.open("w"), text=True)
-        wait_for_text(server_out, "published steps", seconds * 5 + 120)
-        sent = time.perf_counter()
-        deadline = sent + 60
-        while (status_steps(err) or [0])[-1] < n - 1 and time.perf_counter() < deadline:
-            time.sleep(0.05)
+        first: tuple[float, int] | None = None  # (when, steps) the twin first reported mirrored steps
+        deadline = time.perf_counter() + seconds * 5 + 180
+        while time.perf_counter() < deadline:
+            steps = (status_steps(err) or [0])[-1]
+            if first is None and steps > 0:
+                first = (time.perf_counter(), steps)
+            if steps >= n:
+                break
+            time.sleep(0.02)
+        done = time.perf_counter()
         live.send_signal(signal.SIGINT)
         stdout, _ = live.communicate(timeout=120)
-        drain = time.perf_counter() - sent
+        exit_s = time.perf_counter() - done
     finally:
         if live is not None and live.poll() is None:
             live.kill()
         server.kill()
         server.wait()
     keys = dict(line.split(": ", 1) for line in stdout.splitlines() if ": " in line)
-    steps = status_steps(err)
-    per_second = np.diff(steps)[1:-1] if len(steps) > 3 else np.zeros(1)
-    fed = [s for s in per_second if s > 0]
-    return {"published": n, "mirrored_per_s": float(np.median(fed)) if fed else 0.0, "drain_s": drain,
+    mirrored = (status_steps(err) or [0])[-1]
+    rate_s = (mirrored - first[1]) / (done - first[0]) if first is not None and done > first[0] else 0.0
+    return {"published": n, "mirrored": mirrored, "mirrored_per_s": rate_s, "exit_s": exit_s,
             "committed": int(keys.get("committed_steps", 0)), "scores_written": int(keys.get("published", 0)),
             "rejected": int(keys.get("rejected", 0))}
 
@@ -125,7 +128,7 @@ def main() -> None:
 
     opc = opcua_check(model_path, spec_path, workdir, args.rate, args.seconds)
     print(f"OPC UA: published {opc['published']:,} steps at {args.rate:,.0f}/s; mirrored {opc['mirrored_per_s']:,.0f} "
-          f"steps/s (median per status second); exited {opc['drain_s']:.2f} s after the last step; "
+          f"steps/s sustained ({opc['mirrored']:,} mirrored); exited {opc['exit_s']:.2f} s after SIGINT; "
           f"{opc['committed']:,} rows committed, scores written {opc['scores_written']} times", flush=True)
     episodes = [rollout(30_000 + i, None, 0) for i in range(10)]
     fed, mirrored, drain, committed = realtime_check(model, episodes, workdir, args.rate, args.seconds)
@@ -142,10 +145,10 @@ def main() -> None:
     today = date.today().isoformat()
     record_rows(ROOT / "BENCHMARKS.md", "bench_opcua", [
         [today, "python -m twin.live over OPC UA (demo plant, 5 nodes, --publish-opcua): steps mirrored with scores "
-         "per second (median over status lines)", machine, cmd,
-         f"{opc['mirrored_per_s']:,.0f} ({5 * opc['mirrored_per_s']:,.0f} node values/s; exit {opc['drain_s']:.1f} s "
-         f"after the last step; {opc['committed']:,} of {opc['published']:,} rows committed)",
-         f"stdin JSON lines, same twin, same run: {mirrored:,.0f}",
+         "per second, sustained (first to last mirrored step)", machine, cmd,
+         f"{opc['mirrored_per_s']:,.0f} ({5 * opc['mirrored_per_s']:,.0f} node values/s; {opc['committed']:,} of "
+         f"{opc['published']:,} rows committed; scores written {opc['scores_written']} times)",
+         f"stdin JSON lines, same twin, same run: {mirrored:,.0f} (median steps per status second)",
          f"{opc['mirrored_per_s'] / max(mirrored, 1e-9):.2f}", "≥ 1,000"]])
 
 

@@ -89,6 +89,8 @@ class StreamSpec:
     ingest: IngestSpec
     nodes: dict[str, str]
     """Column -> node as written in the spec, for the channels that name one."""
+    path: str = "<spec>"
+    """The spec file (named in errors)."""
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> StreamSpec:
@@ -120,4 +122,4 @@ class StreamSpec:
                 where_of[node] = place
                 if isinstance(channel.get("column"), str):
                     nodes[channel["column"]] = node
-        return cls(validate_spec(IngestSpec, data, str(path)), nodes)
+        return cls(validate_spec(IngestSpec, data, str(path)), nodes, str(path))

@@ -77,6 +77,8 @@ class OpcUaOptions:
     """Seconds the first connection may take."""
     reconnect_max_s: float = 10.0
     """Longest wait between two reconnection attempts (the wait doubles from 0.5 s)."""
+    watchdog_s: float = 10.0
+    """Seconds between the client's probes of a connection that went silent (and the probe's timeout)."""
 
     @classmethod
     def from_env(cls, user: str | None = None, security: str | None = None, **settings: Any) -> OpcUaOptions:
@@ -163,7 +165,7 @@ class OpcUaSource:
         names = [ch.name for _, ch in ingest.channels()]
         missing = [c for c in self.columns if c not in spec.nodes]
         if missing:
-            raise InputError(f"spec: channel {names[self.columns.index(missing[0])]!r} (column {missing[0]!r}) has "
+            raise InputError(f"{spec.path}: channel {names[self.columns.index(missing[0])]!r} (column {missing[0]!r}) has "
                              "no node; expected `node: ns=2;s=…` (or a browse path) on every channel read from an "
                              "opc.tcp:// source")
         self.nodes = [spec.nodes[c] for c in self.columns]
@@ -244,7 +246,9 @@ class OpcUaSource:
         """One connection: connect, resolve and subscribe the nodes, hand on values until it is lost."""
         from asyncua import Client, ua
 
-        client = Client(self.url, timeout=self.options.connect_timeout)
+        # A closed socket is noticed at once; the watchdog's probe is for a silent one. Its answer may wait behind
+        # thousands of value changes on a busy stream: a 1 s probe (asyncua's default) would drop good connections.
+        client = Client(self.url, timeout=self.options.connect_timeout, watchdog_intervall=self.options.watchdog_s)
         if self.options.user:
             client.set_user(self.options.user)
         if self.options.password:

@@ -74,9 +74,20 @@ def test_credentials_come_from_options_and_environment_only(tmp_path: Path, monk
     assert options.password == SECRET and SECRET not in repr(options)
     (tmp_path / "partial.yaml").write_text(spec_file(tmp_path).read_text().replace(
         ', node: "ns=2;s=Pendulum.reward"', ""))
-    with pytest.raises(ValueError, match="channel 'reward' .* has no node"):
+    with pytest.raises(ValueError, match="partial.yaml: channel 'reward' .* has no node"):
         OpcUaSource("opc.tcp://127.0.0.1:4840", StreamSpec.from_yaml(tmp_path / "partial.yaml"))
     assert time_value(1_700_000_000_050_000_000, spec.ingest.timestamp) == 1_700_000_000.05
+
+
+def test_an_unreachable_server_is_one_error_naming_it(tmp_path: Path) -> None:
+    port = free_port()
+    result = subprocess.run([sys.executable, "-m", "data_pipeline", "stream", "--source", f"opc.tcp://127.0.0.1:{port}",
+                             "--spec", str(spec_file(tmp_path)), "--out", str(tmp_path / "live.zarr")],
+                            capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(), timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"python -m data_pipeline: error: source opc.tcp://127.0.0.1:{port}: cannot connect to the OPC UA server")
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
