@@ -111,7 +111,7 @@ async def serve(args: argparse.Namespace) -> None:
                 k += 1
             pause = 0.01 if not args.jitter else float(rng.uniform(0, 2 * args.jitter / args.rate + 0.01))
             await asyncio.sleep(pause)
-        print(f"published steps {args.first_step}..{k - 1}", flush=True)
+        print(f"published steps {args.first_step}..{k - 1} in {time.monotonic() - start:.2f} s", flush=True)
         while True:  # keep serving (the last values stay readable) until stopped
             await asyncio.sleep(1.0)
 

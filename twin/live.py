@@ -3,6 +3,9 @@
     python -m twin.live --model model.pt --spec spec.yaml --source mqtt://127.0.0.1:1883/plant/pendulum \
         --store live.zarr --calibration calibration.json --alert-topic plant/alerts
 
+    python -m twin.live --model model.pt --spec plant.yaml --source opc.tcp://127.0.0.1:4840 --store live.zarr \
+        --calibration calibration.json --publish-opcua "ns=2;s=Twin"      # docs/opcua.md
+
 (`python -m envs.live` is the same command, kept as an alias.) It mirrors the source into the store
 (`data_pipeline.stream`), feeds every new step to a `Twin`, scores the step's surprise under the twin's
 one-step prediction (`twin.anomaly`), writes the scores beside the store (`live.anomaly.zarr`), logs
