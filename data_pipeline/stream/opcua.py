@@ -165,9 +165,9 @@ class OpcUaSource:
         names = [ch.name for _, ch in ingest.channels()]
         missing = [c for c in self.columns if c not in spec.nodes]
         if missing:
-            raise InputError(f"{spec.path}: channel {names[self.columns.index(missing[0])]!r} (column {missing[0]!r}) has "
-                             "no node; expected `node: ns=2;s=…` (or a browse path) on every channel read from an "
-                             "opc.tcp:// source")
+            name = names[self.columns.index(missing[0])]
+            raise InputError(f"{spec.path}: channel {name!r} (column {missing[0]!r}) has no node; expected `node: "
+                             "ns=2;s=…` (or a browse path) on every channel read from an opc.tcp:// source")
         self.nodes = [spec.nodes[c] for c in self.columns]
         self.names = names
         self.resent = 0
