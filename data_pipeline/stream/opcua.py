@@ -175,6 +175,7 @@ class OpcUaSource:
         self.overflows = 0
         """Values the server reported lost from a monitored item's queue (publishing too slow)."""
         self.connections = 0
+        self.write_failures = 0
         self.subscribed = threading.Event()
         self._newest: list[int | None] = [None] * len(self.columns)  # newest source time seen per node
         self._fresh = [True] * len(self.columns)  # no report yet since the node was (re)subscribed
@@ -323,8 +324,11 @@ class OpcUaSource:
                     for _, value, t in values]
             await client.write_values(nodes, data)
         except Exception as err:  # noqa: BLE001 - advice only: a failed write never stops the stream
-            print(f"stream: {self.name}: write of {len(values)} values failed ({type(err).__name__}: {err})",
-                  file=sys.stderr, flush=True)
+            self.write_failures += 1
+            if self.write_failures <= 5:  # the first few named; a server that refuses every write is not a flood
+                print(f"stream: {self.name}: write of {len(values)} values failed ({type(err).__name__}: {err})"
+                      + ("; further failed writes are counted, not shown" if self.write_failures == 5 else ""),
+                      file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ values into messages
     def take(self, k: int, value: Any, data_value: Any) -> None:
