@@ -122,11 +122,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_stream(args: argparse.Namespace) -> int:
     from data_pipeline.stream import StreamConfig, stream
+    from data_pipeline.stream.opcua import OpcUaOptions
 
     config = StreamConfig(reorder_window=args.reorder_window, commit_seconds=args.commit_interval,
                           commit_rows=args.commit_rows, seq_field=args.seq_field, max_skew=args.max_skew,
                           max_message_bytes=args.max_message_bytes)
-    stats = stream(args.source, args.spec, args.out, config, status_every=args.status_every)
+    opcua = OpcUaOptions.from_env(args.opcua_user, args.opcua_security) if args.source.startswith("opc.tcp://") \
+        else None
+    stats = stream(args.source, args.spec, args.out, config, status_every=args.status_every, opcua=opcua)
     print(f"store: {args.out}")
     print(f"episodes: {stats.committed_episodes}")
     print(f"committed_steps: {stats.committed_steps}")
@@ -202,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "dt and committed as segment episodes (docs/live-twin.md). SIGINT / SIGTERM commit "
                        "what is complete and exit 0.")
     p.add_argument("--source", required=True,
-                   help="mqtt://HOST:PORT/TOPIC[?qos=1], '-' (JSON lines on stdin) or file:PATH "
-                   "(followed like tail -f)")
+                   help="mqtt://HOST:PORT/TOPIC[?qos=1], opc.tcp://HOST:PORT (the nodes named by the spec's "
+                   "`node:` keys; docs/opcua.md), '-' (JSON lines on stdin) or file:PATH (followed like tail -f)")
     p.add_argument("--spec", required=True, help="YAML spec mapping JSON keys to channels (docs/ingest.md)")
     p.add_argument("--out", required=True, help="store path or fsspec URL (created, or appended to if it exists)")
     p.add_argument("--reorder-window", type=float, default=1.0,
@@ -219,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int, default=1 << 20,
                    help="largest message in bytes; a longer one is refused (default 1 MiB)")
     p.add_argument("--status-every", type=float, default=1.0, help="seconds between status lines; 0: none")
+    p.add_argument("--opcua-user", default=None,
+                   help="opc.tcp:// sources: user name (else TWINWORLD_OPCUA_USER; the password only from "
+                   "TWINWORLD_OPCUA_PASSWORD, never an option); default anonymous")
+    p.add_argument("--opcua-security", default=None,
+                   help="opc.tcp:// sources: POLICY,MODE,CLIENT_CERT,CLIENT_KEY[,SERVER_CERT], e.g. "
+                   "Basic256Sha256,SignAndEncrypt,client.der,client.pem (else TWINWORLD_OPCUA_SECURITY); "
+                   "default none")
     p.set_defaults(func=_cmd_stream)
 
     p = sub.add_parser("info", help="print episodes, steps, channels with units, time span and statistics")

@@ -8,6 +8,7 @@
 | `twin.scores` | `ScoreStore`: the scores in a Zarr v3 group beside the trajectory store (`NAME.anomaly.zarr`) |
 | `twin.mirror` | `LiveMirror`: feeds the stream's new rows to the twin, scores them, raises alerts; `LiveStats` |
 | `twin.alerts` | alert sinks: stdout, and an MQTT topic when asked |
+| `twin.opcua_publish` | `OpcUaPublisher`: the latest score, alert and prediction to the twin's own OPC UA nodes |
 | `twin.mlflow_log` | `MlflowLog`: aggregated live metrics to MLflow through `tracking.logger` |
 | `twin.live` | the command `python -m twin.live` (alias `python -m envs.live`): stream + twin + scores |
 | `twin.dashboard` | the command `python -m twin.dashboard`: the operators' web page (live, scenarios, data and model) |

@@ -3,6 +3,9 @@
     python -m twin.live --model model.pt --spec spec.yaml --source mqtt://127.0.0.1:1883/plant/pendulum \
         --store live.zarr --calibration calibration.json --alert-topic plant/alerts
 
+    python -m twin.live --model model.pt --spec plant.yaml --source opc.tcp://127.0.0.1:4840 --store live.zarr \
+        --calibration calibration.json --publish-opcua "ns=2;s=Twin"      # docs/opcua.md
+
 (`python -m envs.live` is the same command, kept as an alias.) It mirrors the source into the store
 (`data_pipeline.stream`), feeds every new step to a `Twin`, scores the step's surprise under the twin's
 one-step prediction (`twin.anomaly`), writes the scores beside the store (`live.anomaly.zarr`), logs
@@ -20,14 +23,16 @@ import time as _time
 from collections.abc import Callable
 from typing import Any
 
-from data_pipeline.errors import run_cli
-from data_pipeline.ingest import IngestSpec
+from data_pipeline.errors import InputError, run_cli
 from data_pipeline.stream import Block, StreamConfig, StreamIngest, make_source, open_or_create, run
+from data_pipeline.stream.config import StreamSpec
+from data_pipeline.stream.opcua import OpcUaOptions, OpcUaSource
 from data_pipeline.validate import check_schema_compatible
 from twin.alerts import alert_sink
 from twin.anomaly import AnomalyConfig, AnomalyScorer, Calibration
 from twin.mirror import LiveMirror
 from twin.mlflow_log import MlflowLog
+from twin.opcua_publish import OpcUaPublisher
 from twin.scores import ScoreStore
 from twin.sync import Twin
 from worldmodel.threads import apply_threads, parse_threads
@@ -41,7 +46,8 @@ def run_live(args: argparse.Namespace, stop: threading.Event | None = None,
 
     `on_mirror` sees the mirror and the ingest once they are built, before any row (the dashboard
     watches their counters and rows from another thread)."""
-    spec = IngestSpec.from_yaml(args.spec)
+    stream_spec = StreamSpec.from_yaml(args.spec)
+    spec = stream_spec.ingest
     apply_threads(args.threads)
     twin = Twin(args.model, history=args.history, particles=args.particles, device=args.device)
     model = twin.model
@@ -58,7 +64,15 @@ def run_live(args: argparse.Namespace, stop: threading.Event | None = None,
         print("twin.live: no --calibration or --threshold: scores are written, no alerts", file=sys.stderr)
     if config.particles != twin.particles:
         twin = Twin(model, history=args.history, particles=config.particles)
-    source = make_source(args.source)
+    opcua = OpcUaOptions.from_env(args.opcua_user, args.opcua_security) if args.source.startswith("opc.tcp://") \
+        else None
+    source = make_source(args.source, spec=stream_spec, opcua=opcua)
+    publisher = None
+    if args.publish_opcua:
+        if not isinstance(source, OpcUaSource):
+            raise InputError(f"--publish-opcua {args.publish_opcua!r}: needs an opc.tcp:// source (the twin writes "
+                             "on its connection)")
+        publisher = OpcUaPublisher(source, args.publish_opcua, list(model.schema.obs_channels))
     store = open_or_create(args.store, spec, args.spec, source.name)
     scores = None
     mlflow_log = None
@@ -83,6 +97,8 @@ def run_live(args: argparse.Namespace, stop: threading.Event | None = None,
 
         def on_blocks(blocks: list[Block]) -> None:
             mirror.on_blocks(blocks)
+            if publisher is not None:
+                publisher.publish(mirror)
             now = _time.monotonic()
             if ingest.stats.committed_steps != last_commit[0]:  # scores and history follow the data's commits
                 last_commit[0] = ingest.stats.committed_steps
@@ -107,6 +123,7 @@ def run_live(args: argparse.Namespace, stop: threading.Event | None = None,
         return {"store": args.store, "scores": scores_path, "steps": mirror.stats.steps,
                 "committed_steps": stats.committed_steps, "alerts": mirror.stats.alerts,
                 "late": stats.late, "skewed": stats.skewed, "duplicates": stats.duplicates, "rejected": stats.rejected,
+                **({"published": publisher.written} if publisher is not None else {}),
                 **({"history": args.history_out} if args.history_out and twin.steps else {}),
                 **({"mlflow_run": mlflow_log.run_id} if mlflow_log is not None else {})}
     finally:
@@ -122,7 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model file or MLflow model URI (runs:/…, models:/…)")
     p.add_argument("--spec", required=True, help="YAML spec mapping JSON keys to channels (docs/ingest.md)")
-    p.add_argument("--source", required=True, help="mqtt://HOST:PORT/TOPIC, '-' (JSON lines on stdin) or file:PATH")
+    p.add_argument("--source", required=True, help="mqtt://HOST:PORT/TOPIC, opc.tcp://HOST:PORT (the spec's `node:` "
+                   "keys; docs/opcua.md), '-' (JSON lines on stdin) or file:PATH")
+    p.add_argument("--opcua-user", default=None, help="opc.tcp:// sources: user name (else TWINWORLD_OPCUA_USER; the "
+                   "password only from TWINWORLD_OPCUA_PASSWORD)")
+    p.add_argument("--opcua-security", default=None, help="opc.tcp:// sources: POLICY,MODE,CLIENT_CERT,CLIENT_KEY"
+                   "[,SERVER_CERT] (else TWINWORLD_OPCUA_SECURITY)")
+    p.add_argument("--publish-opcua", default=None, metavar="ns=N;s=PREFIX",
+                   help="write the twin's latest score, alert and prediction to PREFIX.score, PREFIX.alert and "
+                   "PREFIX.<channel> on the opc.tcp:// source's server (never to the plant's nodes)")
     p.add_argument("--store", required=True, help="trajectory store to mirror into (created or appended to)")
     p.add_argument("--calibration", default=None,
                    help="calibration JSON from `python -m twin.calibrate` (threshold and score settings)")

@@ -43,6 +43,17 @@ class LiveStats:
     """Highest score since the last MLflow log."""
 
 
+@dataclass
+class Latest:
+    """The newest scored row (what a display shows): its time, score, alert flag, and the twin's prediction of
+    the next row's observation (None after a piece ended)."""
+
+    time_ns: int
+    score: float
+    alert: bool
+    prediction: np.ndarray | None
+
+
 class LiveMirror:
     """Feeds the stream's new rows to the twin, scores them and hands the scores on (store, alerts, MLflow)."""
 
@@ -59,6 +70,7 @@ class LiveMirror:
         self._above = False
         self.on_row: RowSink | None = None
         """Set to watch each scored row with its prediction (the dashboard's live view does)."""
+        self.latest: Latest | None = None
 
     def on_blocks(self, blocks: list[Block]) -> None:
         """Track and score each block's rows; a block that starts a piece (after a gap) restarts the belief."""
@@ -76,6 +88,8 @@ class LiveMirror:
                 self._prev_action = action[-1]
             if block.ends_piece:
                 self._pending = None
+            if self.latest is not None:
+                self.latest.prediction = None if self._pending is None else self._pending[0][0]
 
     def _score(self, time_ns: int, obs: np.ndarray) -> None:
         mean, std = self._pending if self._pending is not None else (None, None)
@@ -91,6 +105,7 @@ class LiveMirror:
         if self.on_row is not None:
             self.on_row(time_ns, obs, mean, std, out)
         above = bool(out.alert[0])
+        self.latest = Latest(time_ns, score, above, None)
         s.alert_steps += above
         if above and not self._above:  # one alert per excursion above the threshold
             s.alerts += 1

@@ -3,6 +3,7 @@
     python -m data_pipeline stream --source mqtt://127.0.0.1:1883/plant/pendulum --spec spec.yaml --out live.zarr
     producer | python -m data_pipeline stream --source - --spec spec.yaml --out live.zarr
     python -m data_pipeline stream --source file:plant.jsonl --spec spec.yaml --out live.zarr
+    python -m data_pipeline stream --source opc.tcp://127.0.0.1:4840 --spec spec.yaml --out live.zarr
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import time as _time
 from collections.abc import Callable
 from typing import Any
 
-from data_pipeline.ingest import IngestSpec
-from data_pipeline.stream.config import StreamConfig
+from data_pipeline.stream.config import StreamConfig, StreamSpec
+from data_pipeline.stream.opcua import OpcUaOptions
 from data_pipeline.stream.pipeline import StreamIngest, StreamStats, open_or_create
 from data_pipeline.stream.resampler import Block
 from data_pipeline.stream.sources import END, Source, make_source
@@ -122,11 +123,12 @@ def run(source: Source, ingest: StreamIngest, *, on_blocks: Callable[[list[Block
 
 
 def stream(source_url: str, spec_path: str, out: str, config: StreamConfig | None = None,
-           status_every: float = 1.0) -> StreamStats:
+           status_every: float = 1.0, opcua: OpcUaOptions | None = None) -> StreamStats:
     """`python -m data_pipeline stream`: mirror a source into the store `out` until it ends or is stopped."""
     config = config or StreamConfig()
-    spec = IngestSpec.from_yaml(spec_path)
-    source = make_source(source_url, config.max_message_bytes)
+    stream_spec = StreamSpec.from_yaml(spec_path)
+    spec = stream_spec.ingest
+    source = make_source(source_url, config.max_message_bytes, stream_spec, opcua)
     store = open_or_create(out, spec, spec_path, source.name)
     try:
         ingest = StreamIngest(spec, store, source.name, config)

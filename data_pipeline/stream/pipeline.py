@@ -93,11 +93,16 @@ class StreamIngest:
         self._ranges = ChannelRanges.of(spec)
         self._pending: list[Block] = []  # rows written at a clock jump, handed out by the next poll
 
-    def feed(self, payload: bytes | str, arrival: float | None = None) -> None:
-        """Decode one message and buffer its samples; a bad message is refused, counted and named, never fatal."""
+    def feed(self, payload: bytes | str | StreamDataError, arrival: float | None = None) -> None:
+        """Decode one message and buffer its samples; a bad message is refused, counted and named, never fatal.
+
+        A `StreamDataError` is a reading its source refused already (an OPC UA value of bad quality)."""
         now = _time.monotonic() if arrival is None else arrival
         self.stats.messages += 1
         n = self.stats.messages
+        if isinstance(payload, StreamDataError):
+            self._reject(f"message {n}: {payload}")
+            return
         try:
             samples = decode(payload, self.spec, self.config.seq_field, where=f"message {n}", ranges=self._ranges,
                              max_bytes=self.config.max_message_bytes)

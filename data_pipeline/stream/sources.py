@@ -1,4 +1,5 @@
-"""Where messages come from: an MQTT topic, standard input, or a growing file (`make_source`).
+"""Where messages come from: an MQTT topic, standard input, a growing file, or an OPC UA server
+(`data_pipeline.stream.opcua`) (`make_source`).
 
 Each source runs in its own thread and puts `(payload, arrival)` on a queue; `END` on the queue
 says the source has ended (stdin at EOF). A line longer than the message limit is cut to one byte
@@ -14,10 +15,11 @@ import sys
 import threading
 import time as _time
 import urllib.parse
-from typing import Any
+from typing import Any, Protocol
 
 from data_pipeline.errors import InputError
-from data_pipeline.stream.config import MAX_MESSAGE_BYTES
+from data_pipeline.stream.config import MAX_MESSAGE_BYTES, StreamSpec
+from data_pipeline.stream.opcua import OpcUaOptions, OpcUaSource
 
 END = object()
 """Put on the queue by a source that has ended (stdin at EOF)."""
@@ -57,10 +59,14 @@ class LineSplitter:
         return tail
 
 
-class Source:
-    """Where messages come from: `start()` puts `(payload, arrival)` on a queue from its own thread."""
+class Source(Protocol):
+    """Where messages come from: `start()` puts `(payload, arrival)` on a queue from its own thread.
 
-    name = ""
+    A protocol, so that a source in a module of its own (`opcua.OpcUaSource`) is one without importing
+    this module; the sources here subclass it for its defaults.
+    """
+
+    name: str = ""
 
     def start(self, out: queue.Queue) -> None:
         raise NotImplementedError
@@ -212,12 +218,19 @@ class FileSource(Source):
         self._stop.set()
 
 
-def make_source(url: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Source:
-    """`mqtt://host:port/topic`, `-` (stdin) or `file:PATH`; lines longer than `max_message_bytes` are cut."""
+def make_source(url: str, max_message_bytes: int = MAX_MESSAGE_BYTES, spec: StreamSpec | None = None,
+                opcua: OpcUaOptions | None = None) -> Source:
+    """`mqtt://host:port/topic`, `-` (stdin), `file:PATH` or `opc.tcp://host:port` (which reads the nodes
+    `spec` names, with `opcua`'s credentials); lines longer than `max_message_bytes` are cut."""
+    if url.startswith("opc.tcp://"):
+        if spec is None:
+            raise InputError(f"source {url!r}: an opc.tcp:// source needs the spec's nodes")
+        return OpcUaSource(url, spec, opcua)
     if url == "-":
         return StdinSource(max_message_bytes)
     if url.startswith("file:"):
         return FileSource(url[len("file:"):], max_message_bytes=max_message_bytes)
     if url.startswith("mqtt://"):
         return MqttSource(url)
-    raise InputError(f"source {url!r}: expected mqtt://HOST:PORT/TOPIC, '-' (JSON lines on stdin) or file:PATH")
+    raise InputError(f"source {url!r}: expected mqtt://HOST:PORT/TOPIC, opc.tcp://HOST:PORT, '-' (JSON lines on "
+                     "stdin) or file:PATH")
