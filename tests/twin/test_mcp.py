@@ -1,0 +1,368 @@
+"""twin/mcp: the MCP server driven by the SDK's own client over stdio, as an agent would drive it.
+
+One agent session (a server subprocess, `python -m twin.mcp`) calls every tool once with good arguments
+and several times with bad ones; the tests check its answers. The session's calls and answers are the
+transcript of docs/agents.md:
+
+    TWINWORLD_TRANSCRIPT=docs/agents.md pytest tests/twin/test_mcp.py -k transcript
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+SPEC: dict[str, Any] = {
+    "horizon": 10, "samples": 16, "seed": 3, "context": 4,
+    "starts": [{"episode": 0, "t": 5}, {"episode": 2, "t": 12}],
+    "interventions": {"factual": {}, "push": {"constant": {"torque": 2.0}}},
+    "outcomes": {"fast": "abs(theta_dot) > 4"},
+    "summary": {"channels": ["theta_dot"], "times": [5, 10]},
+}
+
+
+def child_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return env
+
+
+@dataclass
+class Twin:
+    tmp: Path
+    store: str
+    model: str
+    policy: str
+
+
+@pytest.fixture(scope="module")
+def twin_files(tmp_path_factory: pytest.TempPathFactory) -> Twin:
+    """A tiny ensemble fitted to 6 random-action Pendulum-v1 episodes of 40 steps, and an (untrained) SAC
+    policy saved as safe policy files (seeded)."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    from data_pipeline.record import record
+    from data_pipeline.store import TrajectoryStore
+    from data_pipeline.windows import normalization_for, split_episodes
+    from data_pipeline.windows.fixed import eval_windows
+    from policies.files import save_sb3
+    from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
+
+    tmp = tmp_path_factory.mktemp("mcp")
+    store_path = str(tmp / "pendulum.zarr")
+    record("Pendulum-v1", 6, store_path, max_episode_steps=40, progress=False)
+    store = TrajectoryStore.open(store_path)
+    torch.manual_seed(0)
+    model = EnsembleWorldModel(EnsembleConfig.preset("tiny"), store.schema,
+                               normalization_for(store, split_episodes(store, 0)["train"]))
+    windows = eval_windows(store, split_episodes(store, 0)["train"], 16, 1000)
+    assert windows is not None
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(150):
+        loss, _ = model.loss(windows)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    agent = SAC("MlpPolicy", gym.make("Pendulum-v1"), policy_kwargs={"net_arch": [8]}, seed=0, device="cpu")
+    policy = str(save_sb3(agent, tmp / "policy.zip"))
+    return Twin(tmp, store_path, model.save(str(tmp / "model.pt")), policy)
+
+
+# ---------------------------------------------------------------------------------- the agent session
+@dataclass
+class Call:
+    tool: str
+    arguments: dict[str, Any]
+    error: bool
+    text: str
+    data: Any = None
+
+
+@dataclass
+class Session:
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resources: dict[str, str] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+
+    def answer(self, tool: str, index: int = 0) -> Call:
+        return [c for c in self.calls if c.tool == tool][index]
+
+
+BAD_CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("simulate", {"spec": {**SPEC, "horizon": "5"}}),
+    ("simulate", {"spec": {**SPEC, "interventions": {"x": {"constant": {"thrust": 1.0}}}}}),
+    ("simulate", {"spec": {**SPEC, "interventions": {"hook": {"policy": "os:system"}}}}),
+    ("simulate", {"spec": {**SPEC, "starts": [{"history": "/etc/passwd.npz"}]}}),
+    ("simulate", {"spec": {**SPEC, "samples": 100_000}}),
+    ("simulate", {"spec": {**SPEC, "horizon": 200, "samples": 256}}),
+    ("compare_interventions", {"interventions": {"push": {"constant": {"torque": 2}}}, "outcome": "speed > 3"}),
+    ("compare_interventions", {"interventions": {"push": {"constant": {"torque": 2}}}, "outcome": "theta_dot >> 3"}),
+    ("recommend_intervention", {"episode": 99}),
+    ("recommend_intervention", {"horizon": 0}),
+]
+
+
+async def agent_session(twin: Twin, out: Path, errlog: Path) -> Session:
+    """What an agent does: list the tools, read the cards, call every tool, then make mistakes."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable, cwd=str(REPO), env=child_env(twin.tmp),
+        args=["-m", "twin.mcp", "--model", twin.model, "--store", twin.store, "--policy", twin.policy,
+              "--out", str(out), "--threads", "1"])
+    session = Session()
+    with errlog.open("w") as err:
+        async with stdio_client(params, errlog=err) as (read, write), ClientSession(read, write) as client:
+            await client.initialize()
+            session.tools = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+            for res in (await client.list_resources()).resources:
+                content = (await client.read_resource(str(res.uri))).contents[0]
+                session.resources[str(res.uri)] = getattr(content, "text", "")
+
+            async def call(tool: str, arguments: dict[str, Any]) -> None:
+                result = await client.call_tool(tool, arguments)
+                text = "".join(getattr(c, "text", "") for c in result.content)
+                session.calls.append(Call(tool, arguments, result.is_error, text, result.structured_content))
+
+            await call("describe_twin", {})
+            await call("current_state", {})
+            await call("simulate", {"spec": SPEC})
+            await call("compare_interventions", {
+                "interventions": {"push": {"constant": {"torque": 2.0}}, "brake": {"constant": {"torque": -2.0}},
+                                  "half": {"scale": {"torque": 0.5}}},
+                "outcome": "abs(theta_dot) > 3", "episode": 1, "t": 10, "horizon": 15, "samples": 32})
+            await call("recommend_intervention", {"episode": 1, "t": 10, "horizon": 10, "samples": 8,
+                                                  "avoid": "abs(theta_dot) > 3", "method": "cem",
+                                                  "population": 16, "iterations": 2})
+            await call("recommend_intervention", {"episode": 1, "t": 10, "horizon": 10, "samples": 8})
+            for tool, arguments in BAD_CALLS:
+                await call(tool, arguments)
+            await call("describe_twin", {})  # the server is still up after every error
+    return session
+
+
+@pytest.fixture(scope="module")
+def session(twin_files: Twin) -> Session:
+    out = twin_files.tmp / "mcp-out"
+    return anyio.run(agent_session, twin_files, out, twin_files.tmp / "server.log")
+
+
+# ---------------------------------------------------------------------------------- tests
+def test_every_tool_and_resource_is_offered_with_a_typed_schema(session: Session) -> None:
+    assert set(session.tools) == {"describe_twin", "current_state", "simulate", "compare_interventions",
+                                  "recommend_intervention"}
+    schema = session.tools["recommend_intervention"]["properties"]
+    assert schema["horizon"]["minimum"] == 1 and "description" in schema["avoid"]
+    assert schema["method"]["enum"] == ["auto", "policy", "cem"]
+    assert set(session.resources) == {"twin://data-card", "twin://model-card"}
+    assert json.loads(session.resources["twin://data-card"])["episodes"] == 6
+    assert json.loads(session.resources["twin://model-card"])["model_kind"] == "ensemble"
+
+
+def test_describe_and_current_state(session: Session, twin_files: Twin) -> None:
+    from data_pipeline.store import TrajectoryStore
+
+    d = session.answer("describe_twin")
+    assert not d.error
+    obs = {c["name"]: c for c in d.data["observations"]}
+    assert obs["theta_dot"]["unit"] == "rad/s" and obs["theta_dot"]["high"] == 8.0
+    assert d.data["actions"][0]["name"] == "torque" and d.data["dt"] == pytest.approx(0.05)
+    assert d.data["limits"]["max_samples"] == 256 and d.data["advice_only"] is True
+    s = session.answer("current_state")
+    assert not s.error
+    store = TrajectoryStore.open(twin_files.store)
+    last = store.read_rows("obs", store.num_steps - 1, store.num_steps)[0]
+    assert list(s.data["observation"].values()) == pytest.approx(last.tolist())  # the last committed row
+    assert s.data["row"] == 40 and all(b["std"] > 0 for b in s.data["belief"])
+    assert np.isfinite(s.data["anomaly"]["score"]) and s.data["anomaly"]["scored_rows"] == 41
+
+
+def test_simulate_matches_generate_py(session: Session, twin_files: Twin) -> None:
+    """The same spec and seed through generate.py's command line gives the same quantiles."""
+    import generate
+
+    answer = session.answer("simulate")
+    assert not answer.error, answer.text
+    spec = twin_files.tmp / "spec.yaml"
+    spec.write_text(json.dumps(SPEC))  # JSON is YAML
+    out = twin_files.tmp / "cli.zarr"
+    generate.main(["--config", str(spec), "--model", twin_files.model, "--store", twin_files.store, "--out", str(out),
+                   "--no-mlflow", "--no-progress", "--threads", "1"])  # the command line, in this process
+    table = pd.read_csv(twin_files.tmp / "cli.summary.csv").set_index("scenario")
+    assert [s["scenario"] for s in answer.data["scenarios"]] == list(table.index)
+    for s in answer.data["scenarios"]:
+        for col, value in s["quantiles"].items():
+            assert value == pytest.approx(table.loc[s["scenario"], col], rel=1e-5, abs=1e-6), col
+        assert s["outcomes"]["fast"] == pytest.approx(table.loc[s["scenario"], "P(fast)"])
+    charts = answer.data["fan_charts"]
+    assert len(charts) == 2 and all(Path(c).is_file() and c.startswith(str(twin_files.tmp / "mcp-out"))
+                                    for c in charts)
+    assert answer.data["calibration"][0]["horizon"] == 1
+
+
+def test_compare_ranks_by_the_outcome_with_uncertainty(session: Session) -> None:
+    c = session.answer("compare_interventions")
+    assert not c.error, c.text
+    ranking = c.data["ranking"]
+    assert [r["intervention"] for r in ranking][:0] == [] and len(ranking) == 4  # 3 candidates + factual
+    probs = [r["probability"] for r in ranking]
+    assert probs == sorted(probs) and [r["rank"] for r in ranking] == [1, 2, 3, 4]
+    for r in ranking:
+        lo, hi = r["interval90"]
+        assert lo <= r["probability"] <= hi and r["std_error"] >= 0
+    assert next(r for r in ranking if r["intervention"] == "factual")["difference_to_factual"] == 0
+
+
+def test_recommend_plans_in_the_model_and_with_the_policy(session: Session) -> None:
+    cem = session.answer("recommend_intervention", 0)
+    assert not cem.error, cem.text
+    assert cem.data["method"] == "cem" and len(cem.data["plan"]) == 10
+    assert all(-2.0 <= a[0] <= 2.0 for a in cem.data["plan"])  # inside the actuator's range
+    assert cem.data["plans_evaluated"] == 16 * 2 + 2 and cem.data["advice_only"] is True
+    p, b = cem.data["predicted"], cem.data["baseline"]
+    assert (p["p_avoid"], -p["return_mean"]) <= (b["p_avoid"], -b["return_mean"]) or p["p_avoid"] < 1
+    policy = session.answer("recommend_intervention", 1)
+    assert not policy.error, policy.text
+    assert policy.data["method"] == "policy" and len(policy.data["plan"]) == 10
+
+
+@pytest.mark.parametrize(("index", "expected"), [
+    (0, "key 'horizon' is '5'"),
+    (1, "unknown actuator channel"),
+    (2, "runs no other policy files or hooks"),
+    (3, "history files are not read"),
+    (4, "samples 100000 is over the server's cap of 256"),
+    (5, "over the server's cap of 200000 per call"),
+    (6, "unknown channel"),
+    (7, "condition 'theta_dot >> 3'"),
+    (8, "episode"),
+    (9, "horizon"),
+])
+def test_bad_arguments_are_clear_tool_errors(session: Session, index: int, expected: str) -> None:
+    tool, arguments = BAD_CALLS[index]
+    call = [c for c in session.calls if c.tool == tool and c.arguments == arguments][0]
+    assert call.error and expected in call.text, call.text
+    assert "Traceback" not in call.text
+    assert not session.calls[-1].error  # the server answered again afterwards
+
+
+def test_nothing_is_written_outside_the_output_folder(session: Session, twin_files: Twin) -> None:
+    from data_pipeline.store import TrajectoryStore
+
+    out = twin_files.tmp / "mcp-out"
+    assert (out / ".twinworld-mcp").exists()
+    assert sorted(p.name.split("-", 1)[1] for p in out.iterdir() if p.is_dir()) == ["simulate", "simulate"]
+    assert TrajectoryStore.open(twin_files.store).num_episodes == 6  # the source is only read
+
+
+def test_a_users_folder_is_never_written_into(tmp_path: Path) -> None:
+    from twin.mcp.tools import ToolInputError, prepare_out
+
+    (tmp_path / "notes.txt").write_text("keep")
+    with pytest.raises(ToolInputError, match="is not an output folder of twin.mcp"):
+        prepare_out(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    fresh = prepare_out(tmp_path / "new")
+    assert prepare_out(fresh) == fresh  # its own folder again: fine
+
+
+@pytest.mark.slow
+def test_a_users_folder_or_unsafe_policy_is_refused_at_start(twin_files: Twin) -> None:
+    user = twin_files.tmp / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    for extra, expected in [(["--out", str(user)], "is not an output folder of twin.mcp"),
+                            (["--policy", "os:system"], "runs no module:function hooks")]:
+        proc = subprocess.run([sys.executable, "-m", "twin.mcp", "--model", twin_files.model, "--store",
+                               twin_files.store, *extra], cwd=REPO, env=child_env(twin_files.tmp),
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 1 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+
+
+def test_the_timeout_and_one_call_at_a_time() -> None:
+    import time
+
+    from twin.mcp.limits import LimitError, Limits, Runner
+
+    runner = Runner(Limits(timeout_s=0.2))
+
+    async def calls() -> tuple[str, str]:
+        with pytest.raises(LimitError) as slow:
+            await runner.run(lambda: time.sleep(1.0))
+        with pytest.raises(LimitError) as busy:  # the abandoned computation still runs
+            await runner.run(lambda: 1)
+        await anyio.sleep(1.0)
+        assert await runner.run(lambda: 2) == 2
+        return str(slow.value), str(busy.value)
+
+    slow, busy = anyio.run(calls)
+    assert "ran past the server's timeout of 0.2 s" in slow and "still finishing" in busy
+
+
+# ---------------------------------------------------------------------------------- transcript
+def test_transcript(session: Session, twin_files: Twin) -> None:
+    """The session as markdown; written to docs/agents.md when TWINWORLD_TRANSCRIPT names it."""
+    text = transcript(session, twin_files)
+    for tool in session.tools:
+        assert f"`{tool}`" in text
+    target = os.environ.get("TWINWORLD_TRANSCRIPT")
+    if target:
+        Path(target).write_text(text)
+
+
+def transcript(session: Session, twin: Twin) -> str:
+    tmp = str(twin.tmp)
+
+    def show(value: Any, limit: int = 1800) -> str:
+        text = json.dumps(value, indent=1).replace(tmp, "$WORK")
+        return text if len(text) <= limit else text[:limit] + "\n… (cut here; the full answer is longer)"
+
+    lines = [textwrap.dedent("""\
+        # An agent session with the twin (MCP)
+
+        Written by `TWINWORLD_TRANSCRIPT=docs/agents.md pytest tests/twin/test_mcp.py -k transcript`: the SDK's
+        own client starts `python -m twin.mcp --model model.pt --store pendulum.zarr --policy policy.zip --out …`
+        over stdio and makes the calls below. The twin is a tiny ensemble fitted to six random-action
+        Pendulum-v1 episodes, so its numbers show the shape of the answers, not a good model. `$WORK` is the
+        test's temporary folder.
+
+        Start the server for an agent (Claude Desktop, an IDE, any MCP client) with one command:
+
+            python -m twin.mcp --model MODEL --store STORE [--policy POLICY.zip] [--calibration CAL.json]
+
+        or over streamable HTTP on 127.0.0.1: add `--http --port 8765`.
+        """), "## Tools offered", ""]
+    lines += [f"- `{name}`: arguments {', '.join(schema.get('properties', {})) or '(none)'}"
+              for name, schema in session.tools.items()]
+    lines += ["", "## Resources", ""]
+    for uri, text in session.resources.items():
+        lines += [f"`{uri}`", "", "```json", show(json.loads(text), 900), "```", ""]
+    lines += ["## Calls", ""]
+    for i, c in enumerate(session.calls, 1):
+        lines += [f"### {i}. `{c.tool}`{' — refused' if c.error else ''}", "", "arguments:", "", "```json",
+                  show(c.arguments), "```", "", "answer (tool error):" if c.error else "answer:", ""]
+        if c.error:
+            lines += ["```text", c.text.replace(tmp, "$WORK"), "```", ""]
+        else:
+            lines += ["```json", show(c.data), "```", ""]
+    return "\n".join(lines)
