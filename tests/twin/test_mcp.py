@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from stream_helpers import PENDULUM_SPEC, pendulum_samples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,6 +51,8 @@ class Twin:
     store: str
     model: str
     policy: str
+    live: Path
+    live_spec: Path
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,10 @@ def twin_files(tmp_path_factory: pytest.TempPathFactory) -> Twin:
     model.eval()
     agent = SAC("MlpPolicy", gym.make("Pendulum-v1"), policy_kwargs={"net_arch": [8]}, seed=0, device="cpu")
     policy = str(save_sb3(agent, tmp / "policy.zip"))
-    return Twin(tmp, store_path, model.save(str(tmp / "model.pt")), policy)
+    live, live_spec = tmp / "plant.jsonl", tmp / "plant.yaml"  # the plant's stream: JSON lines in a file
+    live.write_text("".join(json.dumps(s) + "\n" for s in pendulum_samples(60, seed=7)))
+    live_spec.write_text(yaml.safe_dump(PENDULUM_SPEC))
+    return Twin(tmp, store_path, model.save(str(tmp / "model.pt")), policy, live, live_spec)
 
 
 # ---------------------------------------------------------------------------------- the agent session
@@ -128,7 +135,7 @@ async def agent_session(twin: Twin, out: Path, errlog: Path) -> Session:
     params = StdioServerParameters(
         command=sys.executable, cwd=str(REPO), env=child_env(twin.tmp),
         args=["-m", "twin.mcp", "--model", twin.model, "--store", twin.store, "--policy", twin.policy,
-              "--out", str(out), "--threads", "1"])
+              "--out", str(out), "--threads", "1", "--live", f"file:{twin.live}", "--live-spec", str(twin.live_spec)])
     session = Session()
     with errlog.open("w") as err:
         async with stdio_client(params, errlog=err) as (read, write), ClientSession(read, write) as client:
@@ -144,7 +151,6 @@ async def agent_session(twin: Twin, out: Path, errlog: Path) -> Session:
                 session.calls.append(Call(tool, arguments, result.is_error, text, result.structured_content))
 
             await call("describe_twin", {})
-            await call("current_state", {})
             await call("simulate", {"spec": SPEC})
             await call("compare_interventions", {
                 "interventions": {"push": {"constant": {"torque": 2.0}}, "brake": {"constant": {"torque": -2.0}},
@@ -154,6 +160,12 @@ async def agent_session(twin: Twin, out: Path, errlog: Path) -> Session:
                                                   "avoid": "abs(theta_dot) > 3", "method": "cem",
                                                   "population": 16, "iterations": 2})
             await call("recommend_intervention", {"episode": 1, "t": 10, "horizon": 10, "samples": 8})
+            for _ in range(60):  # the live mirror commits about every second
+                result = await client.call_tool("current_state", {})
+                if not result.is_error:
+                    break
+                await anyio.sleep(0.5)
+            await call("current_state", {})
             for tool, arguments in BAD_CALLS:
                 await call(tool, arguments)
             await call("describe_twin", {})  # the server is still up after every error
@@ -178,22 +190,41 @@ def test_every_tool_and_resource_is_offered_with_a_typed_schema(session: Session
     assert json.loads(session.resources["twin://model-card"])["model_kind"] == "ensemble"
 
 
-def test_describe_and_current_state(session: Session, twin_files: Twin) -> None:
-    from data_pipeline.store import TrajectoryStore
-
+def test_describe_twin(session: Session) -> None:
     d = session.answer("describe_twin")
     assert not d.error
     obs = {c["name"]: c for c in d.data["observations"]}
     assert obs["theta_dot"]["unit"] == "rad/s" and obs["theta_dot"]["high"] == 8.0
     assert d.data["actions"][0]["name"] == "torque" and d.data["dt"] == pytest.approx(0.05)
     assert d.data["limits"]["max_samples"] == 256 and d.data["advice_only"] is True
+    assert d.data["store"]["episodes"] == 6 and d.data["policy"].endswith("policy.zip")
+
+
+def test_current_state_follows_the_live_source(session: Session, twin_files: Twin) -> None:
     s = session.answer("current_state")
-    assert not s.error
+    assert not s.error, s.text
+    assert s.data["source"] == f"live file:{twin_files.live}"
+    sent = {round(x["theta_dot"], 5): x for x in pendulum_samples(60, seed=7)}
+    row = sent[round(s.data["observation"]["theta_dot"], 5)]  # a row the plant sent, on its time
+    assert s.data["observation"]["cos_theta"] == pytest.approx(row["cos_theta"], abs=1e-6)
+    assert s.data["time"].startswith(str(np.datetime64(int(round(row["t"] * 1e9)), "ns"))[:19])
+    assert all(b["std"] > 0 for b in s.data["belief"]) and np.isfinite(s.data["anomaly"]["score"])
+    assert (twin_files.tmp / "mcp-out" / "live.zarr").is_dir()  # mirrored into the server's own folder
+
+
+def test_current_state_of_the_store(twin_files: Twin) -> None:
+    """Without --live: the last committed row of the store, the belief about the next and its anomaly score."""
+    import worldmodel
+    from data_pipeline.store import TrajectoryStore
+    from twin.anomaly import AnomalyConfig
+    from twin.mcp.state import latest_state
+
     store = TrajectoryStore.open(twin_files.store)
+    s = latest_state(worldmodel.load(twin_files.model), store, AnomalyConfig(window=4), 1e9, "store")
     last = store.read_rows("obs", store.num_steps - 1, store.num_steps)[0]
-    assert list(s.data["observation"].values()) == pytest.approx(last.tolist())  # the last committed row
-    assert s.data["row"] == 40 and all(b["std"] > 0 for b in s.data["belief"])
-    assert np.isfinite(s.data["anomaly"]["score"]) and s.data["anomaly"]["scored_rows"] == 41
+    assert list(s.observation.values()) == pytest.approx(last.tolist())
+    assert s.row == 40 and s.anomaly.scored_rows == 41 and s.anomaly.window == 4 and not s.anomaly.alert
+    assert all(b.std is not None and b.std > 0 for b in s.belief) and s.anomaly.score is not None
 
 
 def test_simulate_matches_generate_py(session: Session, twin_files: Twin) -> None:
@@ -270,7 +301,8 @@ def test_nothing_is_written_outside_the_output_folder(session: Session, twin_fil
 
     out = twin_files.tmp / "mcp-out"
     assert (out / ".twinworld-mcp").exists()
-    assert sorted(p.name.split("-", 1)[1] for p in out.iterdir() if p.is_dir()) == ["simulate", "simulate"]
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # (and the mirror's lock file)
+    assert visible == ["0000-simulate", "0001-simulate", "live.zarr"]
     assert TrajectoryStore.open(twin_files.store).num_episodes == 6  # the source is only read
 
 

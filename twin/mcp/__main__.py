@@ -1,7 +1,9 @@
 """The twin as an MCP server for AI agents (docs/agents.md).
 
     python -m twin.mcp --model model.pt --store pendulum.zarr                       # stdio (an agent starts it)
-    python -m twin.mcp --model model.pt --store live.zarr --policy policy.zip --http --port 8765
+    python -m twin.mcp --model model.pt --store pendulum.zarr --policy policy.zip --http --port 8765
+    python -m twin.mcp --model model.pt --store pendulum.zarr --live mqtt://127.0.0.1:1883/plant/pendulum \
+        --live-spec spec.yaml --calibration calibration.json
 
 Tools: describe_twin, current_state, simulate (a generate.py scenario spec as JSON), compare_interventions,
 recommend_intervention; resources twin://data-card and twin://model-card. The answers are advice: no tool
@@ -32,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default=None,
                    help="trained policy file for recommend_intervention (safe policy files only: .zip with its "
                    ".json and .safetensors)")
+    p.add_argument("--live", default=None, metavar="SOURCE",
+                   help="follow a live stream for current_state: mqtt://HOST:PORT/TOPIC or file:PATH (read only; "
+                   "mirrored into OUT/live.zarr)")
+    p.add_argument("--live-spec", default=None, metavar="SPEC",
+                   help="with --live: the ingest spec YAML mapping the stream's JSON keys to channels (docs/ingest.md)")
     p.add_argument("--calibration", default=None, help="anomaly calibration JSON (python -m twin.calibrate)")
     p.add_argument("--out", default=None,
                    help="output folder for scenario stores and fan charts (default: a new temporary folder)")
@@ -57,13 +64,17 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="twinworld-mcp-"))
     tools = TwinTools(TwinConfig(model=args.model, store=args.store, out=out, policy=args.policy,
-                                 calibration=args.calibration, limits=limits))
+                                 calibration=args.calibration, live=args.live, live_spec=args.live_spec,
+                                 limits=limits))
     print(f"twin.mcp: model {args.model}, store {args.store}, output folder {out}", file=sys.stderr)
     app = build_server(tools)
-    if args.http:
-        app.run("streamable-http", host="127.0.0.1", port=args.port)
-    else:
-        app.run()
+    try:
+        if args.http:
+            app.run("streamable-http", host="127.0.0.1", port=args.port)
+        else:
+            app.run()
+    finally:
+        tools.close()
     return 0
 
 

@@ -21,12 +21,12 @@ RECENT = 64
 """Rows of the newest episode the twin assimilates and scores."""
 
 
-def latest_state(model: WorldModel, store: TrajectoryStore, config: AnomalyConfig,
-                 threshold: float | None) -> r.CurrentState:
-    """The CurrentState of the newest committed row of `store`."""
+def latest_state(model: WorldModel, store: TrajectoryStore, config: AnomalyConfig, threshold: float | None,
+                 source: str) -> r.CurrentState:
+    """The CurrentState of the newest committed row of `store` (which mirrors `source`)."""
     table = store.episodes()
     if not len(table):
-        raise UserError(f"{store.path}: no committed episodes yet; nothing has been mirrored")
+        raise UserError(f"{source}: no rows mirrored yet (the mirror commits about every second); try again soon")
     last = table.iloc[-1]
     start, length = int(last["start"]), int(last["length"])
     a = start + max(0, length - RECENT)
@@ -50,7 +50,7 @@ def latest_state(model: WorldModel, store: TrajectoryStore, config: AnomalyConfi
     time_ns = int(store.read_rows("time", b - 1, b)[0])
     last_action = np.atleast_1d(act[-1]).astype(np.float64)
     return r.CurrentState(
-        source=f"store {store.path}", episode=str(last["id"]), row=length - 1,
+        source=source, episode=str(last["id"]), row=length - 1,
         time=str(np.datetime64(time_ns, "ns")) + "Z",
         observation={c: r.finite(float(v)) for c, v in zip(channels, obs[-1], strict=True)},
         last_action={c: r.finite(float(v)) for c, v in zip(schema.action_channels, last_action, strict=True)},

@@ -29,6 +29,7 @@ from scenarios.spec import HistoryStart, ScenarioSpec
 from twin.anomaly import AnomalyConfig, Calibration
 from twin.mcp import results as r
 from twin.mcp.limits import Limits
+from twin.mcp.live import LiveFeed
 from twin.mcp.planning import CEMConfig, Objective, Outcome, plan_cem, plan_policy
 from twin.mcp.state import latest_state
 from worldmodel.interface import WorldModel
@@ -51,6 +52,7 @@ class TwinConfig:
     policy: str | None = None
     calibration: str | None = None
     live: str | None = None
+    live_spec: str | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -85,6 +87,17 @@ class TwinTools:
                                      ".safetensors); the MCP server runs no module:function hooks")
             self.policy = make_policy(config.policy, self.schema.gym_action_space())  # safe files only
         self.out = prepare_out(config.out)
+        self.live: LiveFeed | None = None
+        if config.live is not None:
+            if config.live_spec is None:
+                raise ToolInputError("--live needs --live-spec: the ingest spec that maps the stream's JSON keys to "
+                                     "channels (docs/ingest.md), as for python -m twin.live")
+            self.live = LiveFeed(config.live, config.live_spec, self.out / "live.zarr", self.model)
+
+    def close(self) -> None:
+        """Stop the live mirror (what arrived is committed)."""
+        if self.live is not None:
+            self.live.close()
 
     # ------------------------------------------------------------------------------ shared
     def store(self) -> TrajectoryStore:
@@ -157,8 +170,13 @@ class TwinTools:
                                      "discrete_actions", "evaluation", "calibration", "physics"})
 
     def current_state(self) -> r.CurrentState:
-        return latest_state(self.model, self.store(), self.anomaly,
-                            self.calibration.threshold if self.calibration else None)
+        threshold = self.calibration.threshold if self.calibration else None
+        if self.live is None:
+            return latest_state(self.model, self.store(), self.anomaly, threshold, f"store {self.config.store}")
+        if self.live.error is not None:
+            raise UserError(f"--live {self.live.name}: the stream stopped: {self.live.error}")
+        return latest_state(self.model, TrajectoryStore.open(self.live.store_path), self.anomaly, threshold,
+                            f"live {self.live.name}")
 
     def simulate(self, spec_data: dict[str, Any], source: str = "spec") -> r.SimulateResult:
         spec = self._spec(spec_data, source)
