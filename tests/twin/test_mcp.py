@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from stream_helpers import PENDULUM_SPEC, pendulum_samples
+from stream_helpers import PENDULUM_SPEC, free_port, pendulum_samples, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -329,6 +329,43 @@ def test_a_users_folder_or_unsafe_policy_is_refused_at_start(twin_files: Twin) -
                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         assert proc.returncode == 1 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_streamable_http_on_loopback(twin_files: Twin) -> None:
+    """`--http`: the same tools over streamable HTTP, bound to 127.0.0.1 only."""
+    import socket
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "twin.mcp", "--model", twin_files.model, "--store",
+                             twin_files.store, "--out", str(twin_files.tmp / "http-out"), "--http", "--port",
+                             str(port), "--threads", "1"], cwd=REPO, env=child_env(twin_files.tmp),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def listening() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    async def ask() -> tuple[bool, Any]:
+        async with streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write), \
+                ClientSession(read, write) as client:
+            await client.initialize()
+            result = await client.call_tool("describe_twin", {})
+            return result.is_error, result.structured_content
+
+    try:
+        wait_for(listening, timeout=120, what="the MCP server's HTTP port")
+        error, data = anyio.run(ask)
+        assert not error and data["model_kind"] == "ensemble"
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert [line.split()[3] for line in out.splitlines()] == [f"127.0.0.1:{port}"]  # the local address
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_the_timeout_and_one_call_at_a_time() -> None:
