@@ -43,7 +43,7 @@ class TwinDescription(BaseModel):
     calibration: dict[str, Any] | None = Field(description="the anomaly threshold's calibration (--calibration)")
     physics: dict[str, Any] | None = Field(description="identified physical parameters (hybrid models)")
     policy: str | None = Field(description="the trained policy recommend_intervention uses (--policy)")
-    limits: dict[str, float] = Field(description="compute caps of every call (samples, horizon, steps, timeout)")
+    limits: dict[str, int | float] = Field(description="compute caps of every call (samples, horizon, steps, timeout)")
     advice_only: bool = Field(default=True, description="no tool writes to the plant or to the source")
 
 
@@ -104,8 +104,8 @@ class Ranked(BaseModel):
 
 
 class Comparison(BaseModel):
-    outcome: str
-    condition: str
+    condition: str = Field(description="the ranking outcome")
+    when: str
     lower_is_better: bool
     samples: int
     ranking: list[Ranked]

@@ -150,7 +150,7 @@ class TwinTools:
             discrete_actions=int(s.action_space["n"]) if s.discrete else None, reward_unit=s.reward_unit,
             store=self.data_card(), evaluation=None,
             calibration=asdict(self.calibration) if self.calibration else None, physics=physics,
-            policy=self.config.policy, limits={k: float(v) for k, v in asdict(self.limits).items()})
+            policy=self.config.policy, limits=asdict(self.limits))
 
     def data_card(self) -> dict[str, Any]:
         store = self.store()
@@ -253,7 +253,7 @@ class TwinTools:
         ranked.sort(key=lambda x: x.probability if lower_is_better else -x.probability)
         for i, x in enumerate(ranked):
             x.rank = i + 1
-        return r.Comparison(outcome="target", condition=outcome, lower_is_better=lower_is_better, samples=samples,
+        return r.Comparison(condition=outcome, when=when, lower_is_better=lower_is_better, samples=samples,
                             ranking=ranked, fan_chart=result.fan_charts[0] if result.fan_charts else None,
                             output=result.output)
 
