@@ -306,6 +306,22 @@ def test_nothing_is_written_outside_the_output_folder(session: Session, twin_fil
     assert TrajectoryStore.open(twin_files.store).num_episodes == 6  # the source is only read
 
 
+def test_calibration_sets_the_alarm_and_hooks_are_refused(twin_files: Twin, tmp_path: Path) -> None:
+    """--calibration brings the threshold and score window; --policy takes safe policy files only."""
+    from twin.anomaly import Calibration
+    from twin.mcp.tools import ToolInputError, TwinConfig, TwinTools
+
+    calibration = Calibration(threshold=-1e9, false_alarm_rate=0.01, config={"window": 2}).save(tmp_path / "cal.json")
+    tools = TwinTools(TwinConfig(model=twin_files.model, store=twin_files.store, out=tmp_path / "out",
+                                 calibration=str(calibration)))
+    anomaly = tools.current_state().anomaly
+    assert anomaly.threshold == -1e9 and anomaly.window == 2 and anomaly.alert  # every score is over it
+    assert tools.describe().calibration["threshold"] == -1e9  # type: ignore[index]
+    with pytest.raises(ToolInputError, match="runs no module:function hooks"):
+        TwinTools(TwinConfig(model=twin_files.model, store=twin_files.store, out=tmp_path / "out2",
+                             policy="os:system"))
+
+
 def test_a_users_folder_is_never_written_into(tmp_path: Path) -> None:
     from twin.mcp.tools import ToolInputError, prepare_out
 
