@@ -2,7 +2,7 @@
 
     python -m twin.mcp --model model.pt --store pendulum.zarr                       # stdio (an agent starts it)
     python -m twin.mcp --model model.pt --store pendulum.zarr --policy policy.zip --http --port 8765
-    python -m twin.mcp --model model.pt --store pendulum.zarr --live mqtt://127.0.0.1:1883/plant/pendulum \
+    python -m twin.mcp --model model.pt --store pendulum.zarr --live mqtt://127.0.0.1:1883/plant/pendulum \\
         --live-spec spec.yaml --calibration calibration.json
 
 Tools: describe_twin, current_state, simulate (a generate.py scenario spec as JSON), compare_interventions,
