@@ -12,6 +12,7 @@
 | `twin.mlflow_log` | `MlflowLog`: aggregated live metrics to MLflow through `tracking.logger` |
 | `twin.live` | the command `python -m twin.live` (alias `python -m envs.live`): stream + twin + scores |
 | `twin.dashboard` | the command `python -m twin.dashboard`: the operators' web page (live, scenarios, data and model) |
+| `twin.mcp` | the twin as an MCP server for AI agents, `python -m twin.mcp` (its own table; docs/agents.md) |
 
 Imports point down: `live` → `alerts`, `mlflow_log` → `mirror` → `scores`, `sync` → `anomaly`. The two
 commands (`live`, `calibrate`) are imported by no other module here, so `python -m` runs each once;
