@@ -297,6 +297,15 @@ class HybridWorldModel(ModelBase[HybridConfig]):
                                               else f"{fraction:.3f} (mean |residual| / mean |Δstate|, validation)"))
         return "\n".join(lines)
 
+    def describe_params(self) -> dict[str, str]:
+        """What the identification started from, for MLflow params: `hybrid.<name>.init`, `.unit`, `.bounds`."""
+        out = {}
+        for name, p in self.describe()["parameters"].items():
+            out[f"hybrid.{name}.init"] = f"{p['init']:g}"
+            out[f"hybrid.{name}.unit"] = p["unit"]
+            out[f"hybrid.{name}.bounds"] = f"[{p['low']:g}, {p['high']:g}]" + ("" if p["learnable"] else " fixed")
+        return out
+
     def describe_metrics(self) -> dict[str, float]:
         """`describe()` for MLflow: `hybrid/<name>` (mean), `hybrid/<name>_std`, `hybrid/residual_fraction`."""
         info = self.describe()
