@@ -179,12 +179,27 @@ def test_a_model_file_naming_a_missing_prior_is_refused_in_one_line(trained: Hyb
     assert "\n" not in str(err.value)
 
 
+def test_a_model_file_naming_another_callable_never_calls_it(trained: HybridWorldModel, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared model file is untrusted: its prior must be a prior class; a function (say os:fork) is not called."""
+    called = []
+    module = types.ModuleType("hybrid_test_callables")
+    module.boom = lambda: called.append(1)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "hybrid_test_callables", module)
+    data = trained.checkpoint_dict()
+    data["config"] = json.dumps({**json.loads(data["config"]), "prior": "hybrid_test_callables:boom"})
+    torch.save(data, tmp_path / "model.pt")
+    with pytest.raises(InputError, match="not a prior class.*nothing was called"):
+        worldmodel.load(str(tmp_path / "model.pt"))
+    assert not called
+
+
 @pytest.mark.parametrize(("prior", "message"), [
     ("examples.priors.cartpole:CartPolePrior",
      r"obs_to_state returned shape \(256, 3\); expected \(256, 4\).*3 observation channels"),
     ("", r"model\.config\.prior is required"),
     ("examples.priors.pendulum:NoSuchPrior", "has no attribute 'NoSuchPrior'"),
-    ("worldmodel.physics:PhysicalParameter", "constructing it failed"),
+    ("worldmodel.physics:PhysicalParameter", "not a prior class"),
 ])
 def test_a_prior_that_does_not_fit_is_one_clear_line(data: tuple[StoreSchema, Normalization, Batch], prior: str,
                                                      message: str) -> None:
