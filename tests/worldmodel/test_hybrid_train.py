@@ -48,3 +48,16 @@ def test_fit_reports_identified_parameters_in_its_table_and_mlflow(env_id: str, 
     run = mlflow.get_run(out["run_id"])
     assert f"hybrid/{parameter}" in run.data.metrics and "hybrid/residual_fraction" in run.data.metrics
     assert f"hybrid.{parameter}.unit" in run.data.params
+
+
+@pytest.mark.slow
+def test_demo_hybrid_prints_the_identified_parameters(tmp_path: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "demo.py", "--hybrid", "--quick", "--out", str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = proc.stdout.split("identified physical parameters", 1)[1]
+    gravity = next(line for line in summary.splitlines() if line.startswith("gravity "))
+    assert float(gravity.split()[1]) == pytest.approx(10.0, rel=0.05), summary
+    assert "m/s^2" in gravity and "residual fraction" in summary
+    assert "policy" not in summary and not (tmp_path / "out" / "scenarios.zarr").exists()  # nothing else ran
