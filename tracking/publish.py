@@ -155,6 +155,12 @@ def publish_model(
     print(evaluation.report())  # the table, and which horizons were dropped; or why evaluation was skipped
     if evaluation.metrics:
         tracker.log_metrics({f"test_eval/{k}": v for k, v in evaluation.metrics.items()})  # spooled on disk too
+    from worldmodel.hybrid import HybridWorldModel
+
+    if isinstance(model, HybridWorldModel):  # what the engineer learns: identified parameters, residual fraction
+        print(model.describe_text())
+        tracker.log_hyperparams(model.describe_params())
+        tracker.log_metrics(model.describe_metrics())
     (run_dir / "config.yaml").write_text(resolved_config)
     PublishRequest(
         run_id=tracker.run_id, tracking_uri=absolute_uri(tracker.tracking_uri),

@@ -1,4 +1,4 @@
-"""World models over trajectory windows: probabilistic ensemble, RSSM and diffusion.
+"""World models over trajectory windows: probabilistic ensemble, RSSM, diffusion and the physics hybrid.
 
     import worldmodel
     model = worldmodel.load("model.pt")          # or "runs:/<id>/model", "models:/name/1"
@@ -18,7 +18,8 @@
 | `io.py` | `load` a model file, a Lightning checkpoint or an MLflow URI (no code execution) |
 | `lightning.py` | `WorldModelModule`, the thin Lightning wrapper `train.py fit` trains |
 | `evaluation.py` | open-loop evaluation (NRMSE, coverage, CRPS) against persistence and linear baselines |
-| `physics.py` | the physics prior contract (`PhysicsPrior`, `PhysicalParameter`, `load_prior`) the hybrid model and FMU priors follow |
+| `hybrid.py`, `hybrid_prior.py` | `HybridWorldModel`: a physics prior + a residual ensemble (APHYNITY) |
+| `physics.py` | the physics prior contract: `PhysicsPrior`, `PhysicalParameter`, `load_prior` |
 | `fmu_prior.py` | `FMUPrior`, `fmu_prior(fmu, config)`: an FMU as a step prior; `calibrate` (CLI) fits it |
 | `threads.py` | the torch thread count of a command (`--threads`): usable CPUs, OMP_NUM_THREADS, small models |
 """

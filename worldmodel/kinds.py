@@ -22,14 +22,16 @@ from data_pipeline.windows.batch import Normalization
 from worldmodel.base import ModelBase
 from worldmodel.diffusion import DiffusionConfig, DiffusionWorldModel
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
+from worldmodel.hybrid import HybridConfig, HybridWorldModel
 from worldmodel.rssm import RSSMConfig, RSSMWorldModel
 
-ModelKind = Literal["ensemble", "rssm", "diffusion"]
+ModelKind = Literal["ensemble", "rssm", "diffusion", "hybrid"]
 
 MODEL_KINDS: dict[str, tuple[type[ModelBase[Any]], type[Any]]] = {
     "ensemble": (EnsembleWorldModel, EnsembleConfig),
     "rssm": (RSSMWorldModel, RSSMConfig),
     "diffusion": (DiffusionWorldModel, DiffusionConfig),
+    "hybrid": (HybridWorldModel, HybridConfig),
 }
 assert set(MODEL_KINDS) == set(get_args(ModelKind)), "ModelKind and MODEL_KINDS must name the same kinds"
 

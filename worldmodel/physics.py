@@ -18,6 +18,7 @@ The full user guide is docs/hybrid.md.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -76,6 +77,11 @@ def has_step(prior: object) -> bool:
 def load_prior(spec: str) -> PhysicsPrior:
     """Construct the prior class named `module:Class`; one clear error if it breaks the contract."""
     cls = import_function(spec)
+    # A model file names its prior: only a class with the prior's methods is constructed, never another callable.
+    if not (inspect.isclass(cls) and all(callable(getattr(cls, m, None)) for m in ("obs_to_state", "state_to_obs"))
+            and (has_derivative(cls) or has_step(cls))):
+        raise InputError(f"physics prior {spec!r}: not a prior class (expected a class with obs_to_state, "
+                         "state_to_obs and derivative or step; see docs/hybrid.md); nothing was called")
     try:
         prior = cls()
     except Exception as err:  # user code: report it as one line naming the class

@@ -23,6 +23,8 @@ from worldmodel.kinds import MODEL_KINDS, ConfigError, build_model, resolve_conf
 
 OBS_DIM, ACT_DIM, N_ACTIONS = 3, 2, 3
 KINDS = sorted(MODEL_KINDS)
+KIND_FIELDS: dict[str, dict[str, Any]] = {"hybrid": {"prior": "examples.priors.pendulum:PendulumPrior"}}
+"""Fields a kind cannot do without (the hybrid model's physics prior: 3 observation channels, as here)."""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,7 +53,7 @@ def _normalization(actions: str) -> Normalization:
 
 def _model(kind: str, actions: str = "box", **fields: Any) -> ModelBase[Any]:
     torch.manual_seed(0)
-    config = resolve_config(kind, {"preset": "tiny", **fields})
+    config = resolve_config(kind, {"preset": "tiny", **KIND_FIELDS.get(kind, {}), **fields})
     return build_model(kind, config, _schema(actions), _normalization(actions)).eval()
 
 
