@@ -18,7 +18,7 @@
 | `io.py` | `load` a model file, a Lightning checkpoint or an MLflow URI (no code execution) |
 | `lightning.py` | `WorldModelModule`, the thin Lightning wrapper `train.py fit` trains |
 | `evaluation.py` | open-loop evaluation (NRMSE, coverage, CRPS) against persistence and linear baselines |
-| `calibration.py` | post-hoc calibration of the predictive spread on held-out windows (per-horizon scales stored in the model) |
+| `calibration.py` | post-hoc calibration of the predictive spread on the val split (scales stored in the model) |
 | `physics.py` | the physics prior contract (`PhysicsPrior`, `PhysicalParameter`, `load_prior`) the hybrid model and FMU priors follow |
 | `threads.py` | the torch thread count of a command (`--threads`): usable CPUs, OMP_NUM_THREADS, small models |
 """

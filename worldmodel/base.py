@@ -9,9 +9,13 @@ Calibration (fitted by worldmodel/calibration.py): `calibration` is a buffer `(L
 the state dict, so it travels in the model file; `(0, obs_dim)` means uncalibrated (an old file without it
 loads as that). A state carries `horizon`, the imagined steps since the last real observation. At each
 step a kind forms a *center* (its predictive mean given the state: the elites' mean, the mean of the
-spread samples) and a *sample*; `calibrate` returns `center + scale[horizon] * (sample - center)`, and the
-trajectory continues from that sample, so rollouts stay coherent and both too-wide and too-narrow bands
-can be fixed. Past the last fitted horizon the last scale holds.
+spread samples) and a *sample*; `calibrate` scales the sample's deviation from the center by
+`scale[horizon]`. A scale below 1 narrows the step's noise and the trajectory continues from the narrowed
+sample (process noise: rollouts stay coherent and a band too wide from member disagreement narrows at
+every later step). A scale above 1 widens the reported sample only, as observation noise that does not
+feed back: widening the noise that a rollout carries forward compounds over the horizon and drives the
+samples apart (their mean with them), where the band only needed to be wider. Past the last fitted horizon
+the last scale holds.
 """
 
 from __future__ import annotations
@@ -81,12 +85,15 @@ class ModelBase(nn.Module, Generic[ConfigT]):
             return torch.ones(horizon.shape[0], self.obs_dim, device=horizon.device)
         return self.calibration[horizon.clamp(0, self.calibration.shape[0] - 1)]
 
-    def calibrate(self, state: State, center_n: torch.Tensor, sample_n: torch.Tensor) -> torch.Tensor:
-        """The calibrated sample `center + scale * (sample - center)` in normalized units `(B, D)`."""
+    def calibrate(self, state: State, center_n: torch.Tensor, sample_n: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The calibrated sample `(B, D)` (normalized units) the trajectory carries forward, `center +
+        min(scale, 1) * (sample - center)`, and the one it reports, `center + scale * (sample - center)`."""
         if not self.calibrated:
-            return sample_n
+            return sample_n, sample_n
         scale = self.calibration_scale(state).to(sample_n.dtype)
-        return center_n + scale * (sample_n - center_n)
+        deviation = sample_n - center_n
+        return center_n + scale.clamp_max(1.0) * deviation, center_n + scale * deviation
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """A file without `calibration` (written before it existed) loads uncalibrated; one with it may

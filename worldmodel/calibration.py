@@ -5,12 +5,18 @@ covers too much, a diffusion model with a few denoising steps too little. The fi
 training, on the validation split, and stored in the model (`ModelBase.calibration`, applied in every
 `step`, see worldmodel/base.py), so envs, scenarios and the live twin all get calibrated samples.
 
-The fit is one greedy pass over the horizon, on the same open-loop rollouts as the evaluation: at
-imagined step h, with steps 1…h-1 already calibrated, the model's step is run twice with the same noise,
-at scale 0 (the center) and at scale 1 (the raw sample). For each channel the scale whose band
-`center + s · (sample - center)` (clamped to the channel's limits) covers the truth closest to 90% is
-chosen from a log grid, and the step is run once more at that scale, so step h+1 starts from calibrated
-samples. Cost: three model steps per horizon on B·S rows; deterministic for a seed.
+The fit is one greedy pass over the horizon, on the same open-loop rollouts as the evaluation, from
+windows of the split starting every quarter window (overlapping, so a few long validation episodes still
+give enough starts): at imagined step h, with steps 1…h-1 already calibrated, the model's step is run
+twice with the same noise, at scale 0 (the center) and at scale 1 (the raw sample). For each channel the
+scale whose band `center + s · (sample - center)` (clamped to the channel's limits) covers the truth
+closest to 90% is chosen from a log grid, and the step is run once more at that scale, so step h+1 starts
+from calibrated samples (a scale above 1 is not carried forward, see worldmodel/base.py). Cost: three
+model steps per horizon on B·S rows; deterministic for a seed.
+
+Limits: a scale only reshapes the spread a step draws around its own center. Where the center itself is
+random (diffusion: the mean of `spread_samples` draws; RSSM: the latent carries its own noise, and
+observations are not fed back), a band cannot narrow below that part of the spread.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
+from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows.batch import Batch
-from data_pipeline.windows.datamodule import split_eval_windows
+from data_pipeline.windows.fixed import EVAL_CACHE_BYTES, FixedWindows
 from worldmodel.base import ModelBase
 from worldmodel.evaluation import coverage90, rollout_samples, start_rollouts
 
@@ -117,6 +125,26 @@ def fit_calibration(model: ModelBase[Any], windows: Batch, context: int, horizon
     return scale
 
 
+def calibration_windows(datamodule: Any, split: str, length: int, max_windows: int) -> Batch | None:
+    """Up to `max_windows` windows of `length` rows from a split's episodes, starting every `length // 4` rows
+    (overlapping: a validation split of a few long episodes still gives enough starts to place a band),
+    spread evenly over the split; None when no episode holds one."""
+    stride = max(1, length // 4)
+    with TrajectoryStore.open(datamodule.store_path, storage_options=datamodule.storage_options) as store:
+        table = store.episodes()
+        pos = np.asarray(datamodule.split[split], np.int64)
+        firsts, lengths = table["start"].to_numpy(np.int64)[pos], table["length"].to_numpy(np.int64)[pos]
+        parts = [s + np.arange(0, n - length + 1, stride) for s, n in zip(firsts, lengths, strict=True)]
+        starts = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        if not len(starts):
+            return None
+        if len(starts) > max_windows:
+            starts = starts[np.unique(np.linspace(0, len(starts) - 1, max_windows).round().astype(np.int64))]
+        starts = np.sort(starts)
+        return next(iter(FixedWindows(store, starts, window=length, batch_size=len(starts),
+                                      cache_bytes=EVAL_CACHE_BYTES)))
+
+
 def _coverage_by_horizon(model: ModelBase[Any], windows: Batch, context: int, horizons: tuple[int, ...],
                          samples: int, seed: int) -> dict[int, float]:
     pred = rollout_samples(model, windows, context, max(horizons), samples, seed)  # (B, S, H, D)
@@ -138,7 +166,7 @@ def calibrate_split(model: ModelBase[Any], datamodule: Any, split: str, context:
     if horizon < 1:
         return CalibrationFit(note=f"the longest {split} episode has {longest} rows; calibration needs more than "
                                    f"model.eval_context {context}")
-    windows = split_eval_windows(datamodule, split, context + horizon, max_windows)
+    windows = calibration_windows(datamodule, split, context + horizon, max_windows)
     n = 0 if windows is None else windows.batch_size
     if windows is None or n < MIN_WINDOWS:
         return CalibrationFit(note=f"{n} {split} windows of {context + horizon} rows; calibration needs at least "

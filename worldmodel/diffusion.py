@@ -269,10 +269,13 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
             x0 = self.sample(history, cond, generator)
         x0 = x0.unflatten(0, (s, b))
         next_n = history[:, -1].unsqueeze(0) + x0 if self.residual else x0  # (S, B, …)
+        carried = next_n
         if s > 1 and not self.image_obs:  # calibration: each sample's deviation from the samples' mean
             center = next_n.mean(0)
-            next_n = torch.stack([self.calibrate(state, center, x) for x in next_n])
-        next_obs = self._to_obs(next_n)  # physical, clamped to the plausible range
+            pairs = [self.calibrate(state, center, x) for x in next_n]
+            carried, next_n = torch.stack([c for c, _ in pairs]), torch.stack([r for _, r in pairs])
+        next_obs = self._to_obs(next_n)  # physical, clamped to the plausible range (reported)
+        carried = self._to_model(self._to_obs(carried[0]))  # the trajectory continues from sample 0
         next_n = self._to_model(next_obs)
 
         with self._autocast(history.device):
@@ -293,7 +296,7 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
             uncertainty=uncertainty,
         )
         new_state = {
-            "obs": torch.cat([history[:, 1:], next_n[0].unsqueeze(1).to(history.dtype)], 1),
+            "obs": torch.cat([history[:, 1:], carried.unsqueeze(1).to(history.dtype)], 1),
             "action": act,
             "count": (count + 1).clamp_max(self.config.history),
             "horizon": state["horizon"] + 1,

@@ -168,12 +168,11 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         # Calibration scales the deviation from the elites' mean: member disagreement and noise together.
         center = elite_mean[:, :, :d].mean(0)
         scale = self.calibration_scale(state)
-        next_n = obs_n + self.calibrate(state, center, sample[:, :d])
-        member_mean = obs_n + self.calibrate(state, center, own_mean[:, :d])  # the sample without its noise
-        next_obs = self.units.clamp_plausible(self.units.denormalize_obs(next_n))
-        next_n = self.units.normalize_obs(next_obs)
+        carried, reported = self.calibrate(state, center, sample[:, :d])
+        member_mean = obs_n + self.calibrate(state, center, own_mean[:, :d])[1]  # the sample without its noise
+        next_n = self.units.normalize_obs(self.units.clamp_plausible(self.units.denormalize_obs(obs_n + carried)))
         pred = Prediction(
-            obs=next_obs,
+            obs=self.units.clamp_plausible(self.units.denormalize_obs(obs_n + reported)),
             obs_mean=self.units.clamp_plausible(self.units.denormalize_obs(member_mean)),
             obs_std=self.units.denormalize_obs_std(scale * total_std[:, :d]),
             reward=self.units.denormalize_reward(sample[:, d]),

@@ -315,8 +315,8 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
             # Calibration scales the deviation from the mean over the K prior samples (latent and decoder
             # noise together). The latent carries on unscaled: observations are not fed back.
             center = mean_n.mean(0)
-            sample_n = self.calibrate(state, center, sample_n)
-            mean_n = torch.cat([self.calibrate(state, center, mean_n[0]).unsqueeze(0), mean_n[1:]])
+            sample_n = self.calibrate(state, center, sample_n)[1]
+            mean_n = torch.cat([self.calibrate(state, center, mean_n[0])[1].unsqueeze(0), mean_n[1:]])
             total_std = self.calibration_scale(state) * total_std
 
         feat = feats[0]

@@ -183,3 +183,21 @@ def test_the_report_names_coverage_before_and_after_per_horizon() -> None:
                             "h10 1.000 → 0.910")
     assert fit.metrics() == {"calibration/coverage90_before/h1": 0.99, "calibration/coverage90_before/h10": 1.0,
                              "calibration/coverage90_after/h1": 0.9, "calibration/coverage90_after/h10": 0.91}
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "ensemble"])
+def test_a_widening_scale_is_reported_but_not_carried_forward(kind: str) -> None:
+    """Above 1 the scale is observation noise: the sample reported is wider, the state carried is the model's."""
+    torch.manual_seed(0)
+    model = build_model(kind, resolve_config(kind, {"preset": "tiny"}), _schema(), _normalization()).eval()
+    n = 64
+    state = model.observe(model.initial_state(n), torch.zeros(n, 1, D), torch.zeros(n, 1, 1),
+                          torch.ones(n, 1, dtype=torch.bool))
+    runs = []
+    for scale in (1.0, 3.0):
+        model.set_calibration(torch.full((1, D), scale))
+        with torch.no_grad():
+            runs.append(model.step(state, torch.zeros(n, 1), torch.Generator().manual_seed(0)))
+    (plain_state, plain), (wide_state, wide) = runs
+    assert all(torch.equal(plain_state[k], wide_state[k]) for k in plain_state)
+    assert bool((wide.obs.std(0) > 2.0 * plain.obs.std(0)).all())
