@@ -30,7 +30,7 @@ def summarize(path: str | Path, spec: ScenarioSpec) -> tuple[pd.DataFrame, pd.Da
     factual baseline of the same start. Calibration (factual baseline scenarios whose recorded
     future exists): per step h, `coverage90` (true values inside the central 90% of samples),
     `nrmse` of the sample mean and `nrmse_median` of the sample median, each per channel divided by
-    the model's obs std, then averaged over channels (the definitions of worldmodel.evaluation).
+    the model's obs std, then the RMS over channels (the definitions of worldmodel.evaluation).
     """
     group = open_scenarios(path)
     attrs: dict[str, Any] = dict(group.attrs)
@@ -98,8 +98,8 @@ def summarize(path: str | Path, spec: ScenarioSpec) -> tuple[pd.DataFrame, pd.Da
             "horizon": np.arange(1, h_all + 1),
             "scenarios": count.astype(np.int64),
             "coverage90": np.where(count > 0, cover / np.maximum(count, 1), np.nan),
-            "nrmse": np.where(count > 0, (np.sqrt(sq_mean / n) / obs_std).mean(1), np.nan),
-            "nrmse_median": np.where(count > 0, (np.sqrt(sq_median / n) / obs_std).mean(1), np.nan),
+            "nrmse": np.where(count > 0, np.sqrt((sq_mean / n / obs_std**2).mean(1)), np.nan),
+            "nrmse_median": np.where(count > 0, np.sqrt((sq_median / n / obs_std**2).mean(1)), np.nan),
         })
     return table, calibration
 

@@ -1,4 +1,5 @@
-"""After training: write the model file, evaluate on the test split, and publish to MLflow; or publish later.
+"""After training: calibrate the model's bands, write the model file, evaluate on the test split, and publish
+to MLflow; or publish later.
 
 Publishing logs the model file and the resolved config as artifacts, the evaluation as metrics, the
 store's path and fingerprint (dataset lineage), and the model as an MLflow pyfunc model registered
@@ -33,6 +34,7 @@ from data_pipeline.errors import UserError, run_cli
 from data_pipeline.store.files import atomic_write
 from tracking.logger import BufferedMLflowLogger
 from worldmodel.base import ModelBase
+from worldmodel.calibration import calibrate_split
 from worldmodel.evaluation import evaluate_split, explain_evaluation
 from worldmodel.io import MODEL_FILE
 
@@ -143,13 +145,20 @@ def publish_model(
     eval_kwargs: dict[str, Any],
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> dict[str, str]:
-    """Save, evaluate, log and register a trained model; return its `checkpoint` and `model_uri`.
+    """Calibrate (on the validation split), save, evaluate, log and register a trained model; return its
+    `checkpoint` and `model_uri`.
 
     Raises PublishPending (after `timeout_s` of retries) when the tracking server is away; the files stay.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     model_file = run_dir / MODEL_FILE
     model.eval()
+    # Calibrated on the validation split before the model file is written, so the file carries it and the
+    # test evaluation below measures it on held-out episodes.
+    calibration = calibrate_split(model, datamodule, "val", **eval_kwargs)
+    print(calibration.report())
+    if calibration.after:
+        tracker.log_metrics(calibration.metrics())
     model.save(str(model_file))
     evaluation = explain_evaluation(model, datamodule, "test", **eval_kwargs)
     print(evaluation.report())  # the table, and which horizons were dropped; or why evaluation was skipped

@@ -21,6 +21,7 @@
 | `hybrid.py`, `hybrid_prior.py` | `HybridWorldModel`: a physics prior + a residual ensemble (APHYNITY) |
 | `physics.py` | the physics prior contract: `PhysicsPrior`, `PhysicalParameter`, `load_prior` |
 | `fmu_prior.py` | `FMUPrior`, `fmu_prior(fmu, config)`: an FMU as a step prior; `calibrate` (CLI) fits it |
+| `calibration.py` | post-hoc calibration of the predictive spread on the val split (scales stored in the model) |
 | `threads.py` | the torch thread count of a command (`--threads`): usable CPUs, OMP_NUM_THREADS, small models |
 """
 

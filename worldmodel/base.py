@@ -2,8 +2,20 @@
 
 `ModelBase` is the one base class of ensemble, RSSM and diffusion. It is not the interface (that is
 the `WorldModel` Protocol in worldmodel/interface.py): it holds the store's schema and normalization,
-a `Units` component, the default `imagine` loop and the writer of the model file, which
-worldmodel/io.py reads back.
+a `Units` component, the default `imagine` loop, the writer of the model file, which
+worldmodel/io.py reads back, and the one calibration mechanism every kind uses.
+
+Calibration (fitted by worldmodel/calibration.py): `calibration` is a buffer `(L, obs_dim)` of scales in
+the state dict, so it travels in the model file; `(0, obs_dim)` means uncalibrated (an old file without it
+loads as that). A state carries `horizon`, the imagined steps since the last real observation. At each
+step a kind forms a *center* (its predictive mean given the state: the elites' mean, the mean of the
+spread samples) and a *sample*; `calibrate` scales the sample's deviation from the center by
+`scale[horizon]`. A scale below 1 narrows the step's noise and the trajectory continues from the narrowed
+sample (process noise: rollouts stay coherent and a band too wide from member disagreement narrows at
+every later step). A scale above 1 widens the reported sample only, as observation noise that does not
+feed back: widening the noise that a rollout carries forward compounds over the horizon and drives the
+samples apart (their mean with them), where the band only needed to be wider. Past the last fitted horizon
+the last scale holds.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ class ModelBase(nn.Module, Generic[ConfigT]):
     supports_member_resampling: bool = False
     """See `WorldModel.supports_member_resampling`."""
 
+    calibration: torch.Tensor
+
     def __init__(self, config: ConfigT, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__()
         self.config = config
@@ -46,6 +60,50 @@ class ModelBase(nn.Module, Generic[ConfigT]):
         self.obs_dim = schema.obs_dim
         self.action_dim = normalization.num_actions if self.discrete else schema.action_dim
         self.units = Units(schema, normalization, getattr(config, "plausible_margin", 0.25))
+        self.register_buffer("calibration", torch.ones(0, self.obs_dim))
+
+    # -------------------------------------------------------------- calibration
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration.shape[0] > 0
+
+    def set_calibration(self, scale: torch.Tensor) -> None:
+        """Store per-horizon, per-channel scales `(L, obs_dim)` (row h-1: the h-th imagined step); `(0, D)`
+        removes the calibration."""
+        if scale.dim() != 2 or scale.shape[1] != self.obs_dim:
+            raise ValueError(f"calibration scales of shape {tuple(scale.shape)}; expected (L, {self.obs_dim})")
+        self.calibration = scale.detach().to(device=self.calibration.device, dtype=torch.float32).clone()
+
+    def fresh_horizon(self, batch: int, device: torch.device) -> torch.Tensor:
+        """`state["horizon"]` of a state that has just seen real data: no imagined step yet."""
+        return torch.zeros(batch, dtype=torch.long, device=device)
+
+    def calibration_scale(self, state: State) -> torch.Tensor:
+        """(B, obs_dim) scale of each trajectory's next imagined step (ones when uncalibrated)."""
+        horizon = state["horizon"]
+        if not self.calibrated:
+            return torch.ones(horizon.shape[0], self.obs_dim, device=horizon.device)
+        return self.calibration[horizon.clamp(0, self.calibration.shape[0] - 1)]
+
+    def calibrate(self, state: State, center_n: torch.Tensor, sample_n: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The calibrated sample `(B, D)` (normalized units) the trajectory carries forward, `center +
+        min(scale, 1) * (sample - center)`, and the one it reports, `center + scale * (sample - center)`."""
+        if not self.calibrated:
+            return sample_n, sample_n
+        scale = self.calibration_scale(state).to(sample_n.dtype)
+        deviation = sample_n - center_n
+        return center_n + scale.clamp_max(1.0) * deviation, center_n + scale * deviation
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A file without `calibration` (written before it existed) loads uncalibrated; one with it may
+        have any number of horizons, so the buffer takes the file's shape first."""
+        key = prefix + "calibration"
+        if key not in state_dict:
+            state_dict[key] = torch.ones(0, self.obs_dim)
+        elif state_dict[key].shape != self.calibration.shape:
+            self.calibration = torch.empty_like(state_dict[key], device=self.calibration.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def device(self) -> torch.device:

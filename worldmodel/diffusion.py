@@ -232,6 +232,7 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
             "obs": torch.zeros(batch, k, *self.sample_shape, device=device),
             "action": torch.zeros(batch, k, self.action_dim, device=device),
             "count": torch.zeros(batch, dtype=torch.long, device=device),
+            "horizon": self.fresh_horizon(batch, device),
         }
 
     def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
@@ -250,7 +251,8 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
             buf_obs = torch.where(r_obs, new_obs.expand_as(buf_obs), shifted_obs)
             buf_act = torch.where(reset.view(-1, 1, 1), torch.zeros_like(buf_act), shifted_act)
             count = torch.where(reset, torch.ones_like(count), (count + 1).clamp_max(k))
-        return {"obs": buf_obs, "action": buf_act, "count": count}
+        return {"obs": buf_obs, "action": buf_act, "count": count, "horizon": self.fresh_horizon(count.shape[0],
+                                                                                                  count.device)}
 
     def step(
         self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
@@ -267,7 +269,13 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
             x0 = self.sample(history, cond, generator)
         x0 = x0.unflatten(0, (s, b))
         next_n = history[:, -1].unsqueeze(0) + x0 if self.residual else x0  # (S, B, …)
-        next_obs = self._to_obs(next_n)  # physical, clamped to the plausible range
+        carried = next_n
+        if s > 1 and not self.image_obs:  # calibration: each sample's deviation from the samples' mean
+            center = next_n.mean(0)
+            pairs = [self.calibrate(state, center, x) for x in next_n]
+            carried, next_n = torch.stack([c for c, _ in pairs]), torch.stack([r for _, r in pairs])
+        next_obs = self._to_obs(next_n)  # physical, clamped to the plausible range (reported)
+        carried = self._to_model(self._to_obs(carried[0]))  # the trajectory continues from sample 0
         next_n = self._to_model(next_obs)
 
         with self._autocast(history.device):
@@ -288,9 +296,10 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
             uncertainty=uncertainty,
         )
         new_state = {
-            "obs": torch.cat([history[:, 1:], next_n[0].unsqueeze(1).to(history.dtype)], 1),
+            "obs": torch.cat([history[:, 1:], carried.unsqueeze(1).to(history.dtype)], 1),
             "action": act,
             "count": (count + 1).clamp_max(self.config.history),
+            "horizon": state["horizon"] + 1,
         }
         return new_state, pred
 

@@ -129,6 +129,7 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         return {
             "obs": torch.zeros(batch, self.obs_dim, device=device),
             "member": self.elite_idx[torch.arange(batch, device=device) % self.config.elites],
+            "horizon": self.fresh_horizon(batch, device),
         }
 
     def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
@@ -137,7 +138,8 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         Each trajectory keeps its member, so filtering step by step or all at once is the same.
         """
         last = obs[:, -1].to(self.units.obs_mean.dtype)
-        return {"obs": self.units.normalize_obs(last), "member": state["member"]}
+        return {"obs": self.units.normalize_obs(last), "member": state["member"],
+                "horizon": self.fresh_horizon(last.shape[0], last.device)}
 
     def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
         """Draw each trajectory's elite member at random (trajectory sampling)."""
@@ -163,19 +165,21 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         total_std = (own_std**2 + epistemic**2).sqrt()
 
         d = self.obs_dim
-        next_n = obs_n + sample[:, :d]
-        next_obs = self.units.clamp_plausible(self.units.denormalize_obs(next_n))
-        next_n = self.units.normalize_obs(next_obs)
-        mean_obs = self.units.denormalize_obs(obs_n + own_mean[:, :d])
+        # Calibration scales the deviation from the elites' mean: member disagreement and noise together.
+        center = elite_mean[:, :, :d].mean(0)
+        scale = self.calibration_scale(state)
+        carried, reported = self.calibrate(state, center, sample[:, :d])
+        member_mean = obs_n + self.calibrate(state, center, own_mean[:, :d])[1]  # the sample without its noise
+        next_n = self.units.normalize_obs(self.units.clamp_plausible(self.units.denormalize_obs(obs_n + carried)))
         pred = Prediction(
-            obs=next_obs,
-            obs_mean=mean_obs,
-            obs_std=self.units.denormalize_obs_std(total_std[:, :d]),
+            obs=self.units.clamp_plausible(self.units.denormalize_obs(obs_n + reported)),
+            obs_mean=self.units.clamp_plausible(self.units.denormalize_obs(member_mean)),
+            obs_std=self.units.denormalize_obs_std(scale * total_std[:, :d]),
             reward=self.units.denormalize_reward(sample[:, d]),
             terminated=torch.sigmoid(elite_term[own, rows]),
             uncertainty=epistemic[:, :d].mean(-1),
         )
-        return {"obs": next_n, "member": state["member"]}, pred
+        return {"obs": next_n, "member": state["member"], "horizon": state["horizon"] + 1}, pred
 
     # -------------------------------------------------------------- training
     def _transitions(self, batch: Batch) -> tuple[torch.Tensor, ...]:

@@ -2,12 +2,15 @@
 
 On held-out windows, the model assimilates `context` real rows, then imagines the next H rows under
 the recorded actions. Reported per horizon h:
-- `nrmse`: RMSE of the sample mean per channel divided by the channel's std (then averaged), and
+- `nrmse`: RMSE of the sample mean per channel divided by the channel's std, then the RMS over channels
+  (one yardstick, stated in the table's header; `nrmse/h{h}/{channel}` keeps each channel), and
   `nrmse_median` the same for the sample median (what generate.py reports for factual scenarios);
 - `persistence_nrmse` (next obs = current obs) and `linear_nrmse` (ridge regression on
   (obs, action) -> Δobs, rolled out) on the same windows;
 - for stochastic models, `coverage90` (fraction of true values inside the central 90% of samples)
-  and `crps` (continuous ranked probability score, in units of the channel's std).
+  and `crps` (continuous ranked probability score, in units of the channel's std);
+- `out_of_bounds`: the fraction of imagined values outside the channels' declared bounds (0 by design:
+  worldmodel/units.py clamps to them).
 Image models report `pixel_rmse` (0-255 scale) and `persistence_pixel_rmse`.
 """
 
@@ -21,14 +24,34 @@ import torch
 
 from data_pipeline.windows.batch import Batch
 from data_pipeline.windows.datamodule import split_eval_windows
-from worldmodel.interface import WorldModel, previous_actions
-from worldmodel.units import Units
+from worldmodel.interface import State, WorldModel, previous_actions
+from worldmodel.units import Units, declared_bounds
 
 DEFAULT_HORIZONS = (1, 5, 10, 25, 50)
 
 
 def _repeat(x: torch.Tensor, samples: int) -> torch.Tensor:
     return x.repeat_interleave(samples, dim=0)
+
+
+def start_rollouts(
+    model: WorldModel, windows: Batch, context: int, horizon: int, samples: int
+) -> tuple[State, torch.Tensor]:
+    """The belief after `context` real rows, each window repeated `samples` times (B·S, …), and the recorded
+    actions of the next `horizon` steps (B·S, H, …), on the model's device."""
+    device = model.device
+    obs_all = windows.image if model.image_obs else windows.obs
+    if obs_all is None:
+        raise ValueError("evaluation windows hold no image although the model's observations are images")
+    obs = _repeat(obs_all[:, :context], samples).to(device)
+    is_first = windows.is_first[:, :context].clone()
+    is_first[:, 0] = True
+    prev = previous_actions(windows.action[:, :context], is_first)
+    future = windows.action[:, context - 1 : context - 1 + horizon]
+    with torch.no_grad():
+        state = model.initial_state(windows.batch_size * samples)
+        state = model.observe(state, obs, _repeat(prev, samples).to(device), _repeat(is_first, samples).to(device))
+    return state, _repeat(future, samples).to(device)
 
 
 def rollout_samples(
@@ -40,22 +63,19 @@ def rollout_samples(
     its members).
     """
     b = windows.batch_size
-    device = model.device
-    obs_all = windows.image if model.image_obs else windows.obs
-    if obs_all is None:
-        raise ValueError("evaluation windows hold no image although the model's observations are images")
-    obs = _repeat(obs_all[:, :context], samples).to(device)
-    is_first = windows.is_first[:, :context].clone()
-    is_first[:, 0] = True
-    prev = previous_actions(windows.action[:, :context], is_first)
-    future = windows.action[:, context - 1 : context - 1 + horizon]
+    state, future = start_rollouts(model, windows, context, horizon, samples)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        state = model.initial_state(b * samples)
-        state = model.observe(state, obs, _repeat(prev, samples).to(device), _repeat(is_first, samples).to(device))
-        _, pred = model.imagine(state, _repeat(future, samples).to(device), generator)
+        _, pred = model.imagine(state, future, generator)
     out = pred.obs.float().cpu()
     return out.reshape(b, samples, *out.shape[1:])
+
+
+def coverage90(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-channel fraction of `truth` (B, D) inside the central 90% of `samples` (B, S, D) (linear
+    interpolation between order statistics, as `torch.quantile`): (D,)."""
+    lo, hi = samples.quantile(0.05, dim=1), samples.quantile(0.95, dim=1)
+    return ((truth >= lo) & (truth <= hi)).float().mean(0)
 
 
 def units_of(model: WorldModel) -> Units:
@@ -138,22 +158,27 @@ def evaluate(
     if train is not None:
         linear = linear_rollout(model, fit_linear(train, model), windows, context, horizon)
     channels = model.schema.obs_channels
+    low, high = declared_bounds(model.schema)  # NaN where a side is not declared
+
+    def nrmse(estimate: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The yardstick: RMS over channels of (RMSE over starts / channel std); and the per-channel values."""
+        per_channel = (estimate - y).pow(2).mean(0).sqrt() / std
+        return float(per_channel.pow(2).mean().sqrt()), per_channel
+
     for h in horizons:
         y = truth[:, h - 1]
-        mean = pred[:, :, h - 1].mean(1)
-        per_channel = ((mean - y).pow(2).mean(0).sqrt() / std)
-        metrics[f"nrmse/h{h}"] = float(per_channel.mean())
-        median = pred[:, :, h - 1].median(1).values
-        metrics[f"nrmse_median/h{h}"] = float(((median - y).pow(2).mean(0).sqrt() / std).mean())
+        s = pred[:, :, h - 1]  # (B, S, D)
+        metrics[f"nrmse/h{h}"], per_channel = nrmse(s.mean(1), y)
+        metrics[f"nrmse_median/h{h}"] = nrmse(s.median(1).values, y)[0]
         for c, name in enumerate(channels):
             metrics[f"nrmse/h{h}/{name}"] = float(per_channel[c])
-        metrics[f"persistence_nrmse/h{h}"] = float(((last - y).pow(2).mean(0).sqrt() / std).mean())
+        metrics[f"persistence_nrmse/h{h}"] = nrmse(last, y)[0]
         if linear is not None:
-            metrics[f"linear_nrmse/h{h}"] = float(((linear[:, h - 1] - y).pow(2).mean(0).sqrt() / std).mean())
+            metrics[f"linear_nrmse/h{h}"] = nrmse(linear[:, h - 1], y)[0]
+        outside = (s < low.nan_to_num(float("-inf"))) | (s > high.nan_to_num(float("inf")))
+        metrics[f"out_of_bounds/h{h}"] = float(outside.float().mean())
         if samples > 1:
-            s = pred[:, :, h - 1]
-            lo, hi = s.quantile(0.05, dim=1), s.quantile(0.95, dim=1)
-            metrics[f"coverage90/h{h}"] = float(((y >= lo) & (y <= hi)).float().mean())
+            metrics[f"coverage90/h{h}"] = float(coverage90(s, y).mean())
             metrics[f"crps/h{h}"] = float((crps_samples(s, y) / std).mean())
     return metrics
 
@@ -205,12 +230,20 @@ def evaluate_split(model: WorldModel, datamodule: Any, split: str, context: int,
     return explain_evaluation(model, datamodule, split, context, horizons, samples, max_windows).metrics
 
 
+YARDSTICK = ("nrmse = RMSE over starts of the sample mean / the store's channel std, RMS over channels "
+             "(persistence, linear: the same for their forecasts); coverage90 = fraction of true values inside "
+             "the central 90% of samples; crps in channel stds, mean over channels; out_of_bounds = fraction of "
+             "imagined values outside declared bounds")
+
+
 def format_table(metrics: dict[str, float], horizons: Sequence[int] = DEFAULT_HORIZONS) -> str:
-    """The headline metrics as a text table, one row per horizon."""
-    cols = ["nrmse", "persistence_nrmse", "linear_nrmse", "coverage90", "crps", "pixel_rmse",
+    """The headline metrics as a text table, one row per horizon, under the line that defines them."""
+    cols = ["nrmse", "persistence_nrmse", "linear_nrmse", "coverage90", "crps", "out_of_bounds", "pixel_rmse",
             "persistence_pixel_rmse"]
     cols = [c for c in cols if f"{c}/h{horizons[0]}" in metrics]
-    lines = ["horizon " + " ".join(f"{c:>22}" for c in cols)]
+    header = ("pixel_rmse = RMSE of the sample mean, 0-255 scale" if f"pixel_rmse/h{horizons[0]}" in metrics
+              else YARDSTICK)
+    lines = [f"# {header}", "horizon " + " ".join(f"{c:>22}" for c in cols)]
     for h in horizons:
         lines.append(f"{h:>7} " + " ".join(f"{metrics.get(f'{c}/h{h}', float('nan')):>22.4f}" for c in cols))
     return "\n".join(lines)

@@ -280,7 +280,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         """The learned initial state; `observe` resets to it wherever `is_first` is set."""
         with torch.no_grad():
             deter, stoch = self._initial(batch)
-        return {"deter": deter.clone(), "stoch": stoch.clone()}
+        return {"deter": deter.clone(), "stoch": stoch.clone(), "horizon": self.fresh_horizon(batch, deter.device)}
 
     def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
         """Filter `(B, T, …)` observations with the posterior mode; returns the belief after the last one."""
@@ -292,7 +292,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         for t in range(obs.shape[1]):
             deter, stoch, _, _ = self._obs_step(deter, stoch, act[:, t], embed[:, t], is_first[:, t], initial,
                                                 sample=False)
-        return {"deter": deter, "stoch": stoch}
+        return {"deter": deter, "stoch": stoch, "horizon": self.fresh_horizon(deter.shape[0], deter.device)}
 
     def step(
         self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
@@ -311,6 +311,13 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         obs_noise = self._generator_noise(tuple(mean_n.shape[1:]), mean_n, generator, gumbel=False)
         sample_n = mean_n[0] + std_n[0] * obs_noise
         total_std = (std_n[0] ** 2 + spread**2).sqrt()
+        if not self.image_obs:
+            # Calibration scales the deviation from the mean over the K prior samples (latent and decoder
+            # noise together). The latent carries on unscaled: observations are not fed back.
+            center = mean_n.mean(0)
+            sample_n = self.calibrate(state, center, sample_n)[1]
+            mean_n = torch.cat([self.calibrate(state, center, mean_n[0])[1].unsqueeze(0), mean_n[1:]])
+            total_std = self.calibration_scale(state) * total_std
 
         feat = feats[0]
         reward_n = symexp(self.reward_head(feat).squeeze(-1).float())
@@ -322,7 +329,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
             terminated=torch.sigmoid(self.termination_head(feat).squeeze(-1).float()),
             uncertainty=spread.flatten(1).mean(-1),
         )
-        return {"deter": deter, "stoch": samples[0]}, pred
+        return {"deter": deter, "stoch": samples[0], "horizon": state["horizon"] + 1}, pred
 
     # -------------------------------------------------------------- training
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

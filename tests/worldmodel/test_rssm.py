@@ -107,7 +107,7 @@ def test_shapes_and_dtypes(kind: str, latent: str) -> None:
         stoch = 4 * 4 if latent == "categorical" else 8
         assert state["deter"].shape == (b, 32) and state["stoch"].shape == (b, stoch)
         state = model.observe(state, *_history(kind, batch))
-        assert set(state) == {"deter", "stoch"} and all(v.shape[0] == b for v in state.values())
+        assert set(state) == {"deter", "stoch", "horizon"} and all(v.shape[0] == b for v in state.values())
         gen = torch.Generator().manual_seed(1)
         state, pred = model.step(state, _actions(kind, (b,), gen), gen)
         assert pred.obs.shape == pred.obs_mean.shape == pred.obs_std.shape == (b, *obs_shape)

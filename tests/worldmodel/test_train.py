@@ -62,10 +62,14 @@ def test_fit_prints_outputs_and_model_reloads(ensemble_run: dict[str, str], work
     assert ckpt.exists()
     model = worldmodel.load(str(ckpt))
     assert model.model_type == "ensemble" and model.obs_dim == 3
-    # The Lightning checkpoint carries the same model file.
+    # Calibrated on the val split before it was saved, and said so.
+    assert ensemble_run["calibration"].startswith("coverage90 before → after (val split") and model.calibrated
+    # The Lightning checkpoint carries the same trained weights (it is written when training ends, before
+    # the calibration, so it loads uncalibrated).
     from_lightning = worldmodel.load(ensemble_run["lightning_checkpoint"])
     for k, v in model.state_dict().items():
-        assert torch.equal(v, from_lightning.state_dict()[k])
+        if k != "calibration":
+            assert torch.equal(v, from_lightning.state_dict()[k])
     # The evaluation table was printed.
     assert "persistence_nrmse" in ensemble_run["_stdout"]
 
@@ -80,6 +84,7 @@ def test_mlflow_received_params_metrics_model_and_registry(ensemble_run: dict[st
     assert run.data.params["data.fingerprint"]
     assert "train/loss" in run.data.metrics
     assert "test_eval/nrmse/h1" in run.data.metrics
+    assert {"calibration/coverage90_before/h1", "calibration/coverage90_after/h5"} <= set(run.data.metrics)
     name, version = ensemble_run["model_uri"].removeprefix("models:/").split("/")
     mv = client.get_model_version(name, version)
     assert mv.run_id == ensemble_run["run_id"]
