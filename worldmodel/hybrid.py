@@ -193,12 +193,14 @@ class HybridWorldModel(ModelBase[HybridConfig]):
         """The state of the store's mean observation; trajectory b follows member b mod members."""
         device = self.state_scale.device
         x = self.prior.obs_to_state(self.units.obs_mean.expand(batch, -1))
-        return {"x": x.to(device), "member": torch.arange(batch, device=device) % self.config.members}
+        return {"x": x.to(device), "member": torch.arange(batch, device=device) % self.config.members,
+                "horizon": self.fresh_horizon(batch, device)}
 
     def observe(self, state: State, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
         """Markov in the observation: the belief is the prior's state of the last observation."""
         last = obs[:, -1].to(self.units.obs_mean.dtype)
-        return {"x": self.prior.obs_to_state(last), "member": state["member"]}
+        return {"x": self.prior.obs_to_state(last), "member": state["member"],
+                "horizon": self.fresh_horizon(last.shape[0], last.device)}
 
     def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
         """Draw each trajectory's member at random (trajectory sampling)."""
@@ -220,19 +222,23 @@ class HybridWorldModel(ModelBase[HybridConfig]):
         epistemic = mean_n.std(0, unbiased=False) if e > 1 else torch.zeros_like(own_mean)
         total_std = (own_std**2 + epistemic**2).sqrt()
         d = self.obs_dim
+        # Post-hoc calibration (worldmodel/calibration.py) around the members' mean: the trajectory carries
+        # the narrowed sample, the prediction reports the widened one.
+        carried, reported = self.calibrate(state, mean_n[:, :, :d].mean(0), sample[:, :d])
         # Project the drawn observation onto the prior's physical states: obs -> state -> obs keeps invariants.
-        drawn = self.units.clamp_plausible(self.units.denormalize_obs(sample[:, :d]))
-        next_x = self.prior.obs_to_state(drawn)
-        next_obs = self.units.clamp_plausible(self.prior.state_to_obs(next_x))
+        next_x = self.prior.obs_to_state(self.units.clamp_plausible(self.units.denormalize_obs(carried)))
+        shown_x = next_x if reported is carried else self.prior.obs_to_state(
+            self.units.clamp_plausible(self.units.denormalize_obs(reported)))
+        next_obs = self.units.clamp_plausible(self.prior.state_to_obs(shown_x))
         pred = Prediction(
             obs=next_obs,
             obs_mean=self.prior.state_to_obs(out["next"][own, rows]),
-            obs_std=self.units.denormalize_obs_std(total_std[:, :d]),
+            obs_std=self.units.denormalize_obs_std(total_std[:, :d]) * self.calibration_scale(state),
             reward=self.units.denormalize_reward(sample[:, d]),
             terminated=torch.sigmoid(out["term"][own, rows]),
             uncertainty=epistemic[:, :d].mean(-1),
         )
-        return {"x": next_x, "member": own}, pred
+        return {"x": next_x, "member": own, "horizon": state["horizon"] + 1}, pred
 
     # -------------------------------------------------------------- training
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

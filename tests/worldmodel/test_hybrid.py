@@ -251,7 +251,8 @@ def test_a_derivative_prior_is_integrated_with_its_residual_inside_the_ode() -> 
     x = torch.tensor([[0.1, 0.5, 0.05, -0.3], [-1.0, -0.2, -0.1, 0.8]])
     action = torch.tensor([1, 0])
     with torch.no_grad():
-        _, pred = model.step({"x": x, "member": torch.tensor([0, 1])}, action)
+        state = {"x": x, "member": torch.tensor([0, 1]), "horizon": torch.zeros(2, dtype=torch.long)}
+        _, pred = model.step(state, action)
         params = {k: v[:2] for k, v in model.params.values().items()}
         expected = x + 0.02 * model.prior.derivative(x, action.float()[:, None], params)  # type: ignore[attr-defined]
     torch.testing.assert_close(pred.obs_mean, expected)
@@ -265,3 +266,25 @@ def test_a_derivative_prior_is_integrated_with_its_residual_inside_the_ode() -> 
     assert isinstance(last, EnsembleLinear)
     grad = last.weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_the_calibration_narrows_the_hybrid_spread_and_keeps_the_invariant(trained: HybridWorldModel) -> None:
+    """The hybrid follows the shared calibration (worldmodel/calibration.py): a scale below 1 narrows one
+    step's spread over samples from the same state, obs_std follows, and samples stay on the circle."""
+    n = 256
+    obs = torch.tensor([[0.6, 0.8, 1.0]]).expand(n, 1, 3)
+    state = trained.observe(trained.initial_state(n), obs, torch.zeros(n, 1, 1), torch.ones(n, 1, dtype=torch.bool))
+    assert state["horizon"].eq(0).all()
+    spreads, stds = [], []
+    try:
+        for scale in (1.0, 0.1):
+            trained.set_calibration(torch.full((1, 3), scale))
+            with torch.no_grad():
+                next_state, pred = trained.step(state, torch.zeros(n, 1), torch.Generator().manual_seed(0))
+            spreads.append(pred.obs[:, 2].std())
+            stds.append(pred.obs_std[:, 2].mean())
+            assert next_state["horizon"].eq(1).all()
+            assert float((pred.obs[:, 0] ** 2 + pred.obs[:, 1] ** 2 - 1).abs().max()) < 1e-5
+    finally:
+        trained.set_calibration(torch.ones(0, 3))
+    assert spreads[1] < 0.7 * spreads[0] and stds[1] < 0.7 * stds[0], (spreads, stds)
