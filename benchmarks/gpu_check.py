@@ -10,8 +10,10 @@ Records a Pendulum-v1 store, then measures on one device:
   (preset, window, batch size), for a fixed number of optimizer steps after a few warm-up steps, in
   `32-true` and `bf16-mixed` precision, through the same Lightning module and window DataModule that
   `train.py fit` uses (no tracking, no checkpoints): windows/s;
-- the vector env `WorldModel-v0` (envs.vector_env) on the trained ensemble at num_envs 1, 1024 and 16384:
-  env-steps/s (num_envs x steps / seconds, random actions, autoreset included);
+- the vector env `WorldModel-v0` (envs.vector_env) on the trained ensemble at num_envs 1, 1024 and 16384, in
+  `32-true` and `bf16-mixed`, with `uncertainty` "none" (each env's own member only, the env default's cost)
+  and "elites" (every elite on every env, as the MOPO penalty needs): env-steps/s (num_envs x steps /
+  seconds, random actions, autoreset included);
 - the scenario generator (`generate.generate`, end to end with the Zarr output) on the trained ensemble:
   scenario-steps/s (scenarios x samples x horizon / seconds);
 
@@ -31,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -145,9 +147,10 @@ def train_one(kind: str, precision: str, store: str, sizes: Sizes, device: torch
     window = int(cfg["data"]["window"])
     steps = sizes.warmup_steps + sizes.train_steps
     dm = WindowDataModule(store, window=window, batch_size=batch, batches_per_epoch=steps, val_batches=1)
-    module = WorldModelModule(kind=kind, config=model_cfg, lr=float(cfg["model"]["lr"]))
+    module = WorldModelModule(kind=cast(Any, kind), config=model_cfg, lr=float(cfg["model"]["lr"]))
     clock = _StepClock(sizes.warmup_steps, device)
-    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
+    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                        precision=cast(Any, precision),
                         max_steps=steps, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         gradient_clip_val=float(cfg["trainer"].get("gradient_clip_val") or 0) or None,
@@ -159,15 +162,20 @@ def train_one(kind: str, precision: str, store: str, sizes: Sizes, device: torch
     name = f"{kind} {model_cfg.get('preset', 'default')} (B={batch}, T={window})"
     row = Row("train", name, precision, f"{sizes.train_steps} steps", seconds, windows / seconds, "windows/s",
               peak_mib(device))
+    assert module.model is not None  # built by fit
     return row, module.model.eval().to(device)
 
 
 # ---------------------------------------------------------------------------------------------- vector env
-def vector_env(model: Any, store: str, num_envs: int, steps: int, device: torch.device) -> Row:
+def vector_env(model: Any, store: str, num_envs: int, steps: int, device: torch.device, precision: str = "32-true",
+               uncertainty: str = "none") -> Row:
+    from envs.core import Precision
     from envs.vector_env import WorldModelVectorEnv
+    from worldmodel.ensemble import Uncertainty
 
     env = WorldModelVectorEnv(num_envs=num_envs, model=model, store=store, device=str(device),
-                              max_episode_steps=200)
+                              max_episode_steps=200, precision=cast(Precision, precision),
+                              uncertainty=cast(Uncertainty, uncertainty))
     env.action_space.seed(0)
     env.reset(seed=0)
     actions = [env.action_space.sample() for _ in range(steps + 2)]
@@ -180,8 +188,8 @@ def vector_env(model: Any, store: str, num_envs: int, steps: int, device: torch.
     sync(device)
     seconds = time.perf_counter() - t0
     env.close()
-    return Row("vector env", f"WorldModel-v0 ensemble, num_envs={num_envs}", "32-true", f"{steps} steps",
-               seconds, num_envs * steps / seconds, "env-steps/s", peak_mib(device))
+    return Row("vector env", f"WorldModel-v0 ensemble, num_envs={num_envs}, uncertainty {uncertainty}", precision,
+               f"{steps} steps", seconds, num_envs * steps / seconds, "env-steps/s", peak_mib(device))
 
 
 # ------------------------------------------------------------------------------------------- generator
@@ -223,12 +231,12 @@ def device_name(device: torch.device) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = f"| {'component':<18} | {'config':<44} | {'precision':<10} | {'work':<12} | {'seconds':>8} | " \
+    head = f"| {'component':<18} | {'config':<56} | {'precision':<10} | {'work':<12} | {'seconds':>8} | " \
            f"{'throughput':>12} | {'unit':<16} | {'peak GPU MiB':>12} |"
     lines = [head, "|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         peak = f"{r.peak_mib:,.0f}" if r.peak_mib is not None else "-"
-        lines.append(f"| {r.component:<18} | {r.config:<44} | {r.precision:<10} | {r.work:<12} | {r.seconds:>8.2f} | "
+        lines.append(f"| {r.component:<18} | {r.config:<56} | {r.precision:<10} | {r.work:<12} | {r.seconds:>8.2f} | "
                      f"{r.throughput:>12,.0f} | {r.unit:<16} | {peak:>12} |")
     return "\n".join(lines)
 
@@ -272,9 +280,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
                 if kind == "ensemble" and precision == "32-true":
                     ensemble = model
         if "env" in parts:
-            for n in sizes.num_envs:
-                rows.append(vector_env(ensemble, store, n, sizes.env_steps, device))
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
+            for precision in ("32-true", "bf16-mixed"):
+                for uncertainty in ("none", "elites"):
+                    for n in sizes.num_envs:
+                        rows.append(vector_env(ensemble, store, n, sizes.env_steps, device, precision, uncertainty))
+                        print(table(rows[-1:]).splitlines()[-1], flush=True)
         if "generate" in parts:
             rows.append(scenarios(ensemble, store, sizes, workdir, device))
     finally:

@@ -44,7 +44,7 @@ class WorldModelEnv(gym.Env):
 
     The model's reward head, or `reward_fn(obs, action, next_obs)` (a `module:function` or callable on
     batched numpy arrays, e.g. `envs.rewards:pendulum`). With `uncertainty_penalty=λ` the reward is
-    `r - λ · uncertainty` (MOPO).
+    `r - λ · uncertainty` (MOPO); the penalty runs every elite of an ensemble on every step.
 
     ## Starting State
 
@@ -67,7 +67,10 @@ class WorldModelEnv(gym.Env):
 
     - `step`: `uncertainty` (float, the model's epistemic uncertainty for the step in units of the
       channels' std: ensemble disagreement or latent-sample spread; large means the model extrapolates)
-      and, for vector observations, `obs_std` (obs_dim,) the predictive std per channel.
+      and, for vector observations, `obs_std` (obs_dim,) the predictive std per channel. An ensemble
+      computes its disagreement only with `uncertainty="elites"` (or a penalty); the default "own" runs
+      each env's own member alone, 3-5x faster, reporting `uncertainty` 0 and the aleatoric `obs_std`;
+      "none" also drops `obs_std`. Observations and rewards are the same under all three.
     - `reset`: `start_episode` (store position, -1 for a given history) and `start_t` (row).
 
     ## Seeding
@@ -79,7 +82,7 @@ class WorldModelEnv(gym.Env):
 
     `model` (WorldModel, checkpoint path or MLflow URI), `store` (TrajectoryStore or path); see
     `envs.core.CoreConfig` for `history`, `reward_fn`, `termination_fn`, `termination`,
-    `uncertainty_penalty`, `device`, `precision` ("bf16-mixed" for speed) and `cache_bytes`;
+    `uncertainty_penalty`, `uncertainty`, `device`, `precision` ("bf16-mixed" for speed) and `cache_bytes`;
     `render_mode="rgb_array"` plots the channels over the episode (or returns the predicted image for
     image models).
 

@@ -24,6 +24,7 @@ from data_pipeline.store import TrajectoryStore
 from policies.behaviour import Policy, make_policy
 from scenarios.spec import Intervention, ScenarioSpec
 from scenarios.starts import StartPoint, load_starts
+from worldmodel.ensemble import Uncertainty, uncertainty_mode
 from worldmodel.interface import Prediction, WorldModel
 
 COPIES_PER_VALUE = 8
@@ -94,6 +95,7 @@ def imagine_block(
     seed: int,
     policies: Sequence[tuple[np.ndarray, Policy]] = (),
     clip: tuple[np.ndarray, np.ndarray] | None = None,
+    uncertainty: Uncertainty = "elites",
 ) -> dict[str, np.ndarray]:
     """Imagine `samples` futures per scenario in one batch of n·samples trajectories.
 
@@ -101,6 +103,9 @@ def imagine_block(
     rows, batched policy) pairs that choose their rows' actions from the imagined observations (closed
     loop); other rows follow `actions`. The batch layout and the generator are those of
     `worldmodel.evaluation.rollout_samples`, so factual scenarios reproduce the model evaluation.
+    `uncertainty` (`worldmodel.ensemble.Uncertainty`): "elites" (the default, the stored `uncertainty` is
+    the ensemble's disagreement) or "none"/"own" for a plain rollout (the same futures, `uncertainty` 0,
+    each trajectory's member run alone).
     """
     schema = model.schema
     n, horizon = actions.shape[:2]
@@ -110,8 +115,8 @@ def imagine_block(
         return x.repeat_interleave(samples, dim=0).to(device)
 
     generator = torch.Generator().manual_seed(seed)
-    plan = rep(_action_tensor(actions, schema))  # (B, H, …)
-    with torch.no_grad():
+    with torch.inference_mode(), uncertainty_mode(model, uncertainty):
+        plan = rep(_action_tensor(actions, schema))  # (B, H, …)
         state = model.initial_state(n * samples)
         state = model.observe(state, rep(torch.as_tensor(obs, dtype=torch.float32)),
                               rep(_action_tensor(prev_action, schema)), rep(torch.as_tensor(is_first)))
@@ -148,8 +153,9 @@ class ScenarioRunner:
     """Turns blocks of scenarios (start-major × interventions) into imagined arrays."""
 
     def __init__(self, spec: ScenarioSpec, model: WorldModel, store: TrajectoryStore,
-                 points: list[StartPoint]) -> None:
+                 points: list[StartPoint], uncertainty: Uncertainty = "elites") -> None:
         self.spec, self.model, self.store, self.points = spec, model, store, points
+        self.uncertainty = uncertainty  # see `imagine_block`
         self.schema = store.schema
         space = self.schema.gym_action_space()
         self.clip: tuple[np.ndarray, np.ndarray] | None = None
@@ -188,7 +194,7 @@ class ScenarioRunner:
         obs_arr = np.stack(obs)
         closed_loop = [(np.asarray(r), self.policy(iv.policy, seed)) for iv, r in policies.values() if iv.policy]
         result = imagine_block(self.model, obs_arr, np.stack(prev), np.stack(is_first), np.stack(actions),
-                               spec.samples, seed, closed_loop, self.clip)
+                               spec.samples, seed, closed_loop, self.clip, self.uncertainty)
         result["factual_obs"] = np.stack(factual)
         result["start_obs"] = obs_arr[:, -1]
         return result

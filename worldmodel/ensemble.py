@@ -9,8 +9,10 @@ one elite member throughout, and the disagreement of the elites' means is the ep
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -21,6 +23,28 @@ from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
 from worldmodel.interface import Prediction, State
+
+Uncertainty = Literal["none", "own", "elites"]
+"""What `EnsembleWorldModel.step` computes beside each trajectory's sample: "elites" runs every elite on every
+trajectory for their disagreement (epistemic `uncertainty`, `obs_std` with both parts; the MOPO penalty needs
+it); "own" runs only each trajectory's own member (`obs_std` its aleatoric std, `uncertainty` 0); "none" runs
+only the own member and reports no spread (`obs_std` and `uncertainty` 0). The samples are the same in all three."""
+UNCERTAINTIES: tuple[str, ...] = get_args(Uncertainty)
+
+
+@contextmanager
+def uncertainty_mode(model: Any, choice: Uncertainty) -> Iterator[None]:
+    """Step `model` with `choice` inside the block and restore its own setting after (a model shared by
+    several envs keeps each env's choice to that env). Models without the attribute ignore the choice."""
+    if not hasattr(model, "uncertainty"):
+        yield
+        return
+    before = model.uncertainty
+    model.uncertainty = choice
+    try:
+        yield
+    finally:
+        model.uncertainty = before
 
 
 @dataclass
@@ -80,6 +104,8 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
     model_type: ClassVar[str] = "ensemble"
     markov = True
     supports_member_resampling = True
+    uncertainty: Uncertainty = "elites"
+    """What `step` computes beside the samples (see `Uncertainty`); callers set it with `uncertainty_mode`."""
     elite_idx: torch.Tensor
 
     def __init__(self, config: EnsembleConfig, schema: StoreSchema, normalization: Normalization) -> None:
@@ -147,9 +173,31 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
                              device="cpu").to(state["member"].device)
         return {**state, "member": self.elite_idx[draw]}
 
+    def _own(self, obs_n: torch.Tensor, action_feat: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each row through its own member only: mean, logvar (B, D+1), termination logit (B,).
+
+        Rows are grouped by member into a zero-padded (M, R, …) batch (M members present, R the largest
+        group), so every layer is still one batched matmul over the members present.
+        """
+        b = obs_n.shape[0]
+        order = torch.argsort(member, stable=True)
+        present, counts = torch.unique_consecutive(member[order], return_counts=True)  # (M,), (M,)
+        group = torch.repeat_interleave(torch.arange(len(present), device=member.device), counts)  # (B,) sorted
+        slot = torch.arange(b, device=member.device) - (torch.cumsum(counts, 0) - counts)[group]  # row in group
+        x = torch.cat([obs_n, action_feat], -1)[order]
+        padded = x.new_zeros(len(present), int(counts.max()), x.shape[-1])  # (M, R, in)
+        padded[group, slot] = x
+        mean, logvar, term = self(padded[..., : self.obs_dim], padded[..., self.obs_dim :], present)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(b, device=order.device)
+        g, s = group[inverse], slot[inverse]  # each original row's place in the padded batch
+        return mean[g, s], logvar[g, s], term[g, s]
+
     def step(
         self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[State, Prediction]:
+        if self.uncertainty != "elites":
+            return self._step_own(state, action, generator)
         obs_n = state["obs"]
         b = obs_n.shape[0]
         elite_mean, elite_logvar, elite_term = self._elites(obs_n, self.units.encode_action(action))  # (K, B, …)
@@ -180,6 +228,33 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
             uncertainty=epistemic[:, :d].mean(-1),
         )
         return {"obs": next_n, "member": state["member"], "horizon": state["horizon"] + 1}, pred
+
+    def _step_own(self, state: State, action: torch.Tensor, generator: torch.Generator | None
+                  ) -> tuple[State, Prediction]:
+        """`step` with `uncertainty` "own" or "none": the same samples, only each trajectory's member run."""
+        obs_n = state["obs"]
+        # As in `step`: a member that is no longer an elite is replaced by the first elite.
+        member = self.elite_idx[(self.elite_idx.unsqueeze(0) == state["member"].unsqueeze(1)).float().argmax(1)]
+        own_mean, own_logvar, own_term = self._own(obs_n, self.units.encode_action(action), member)
+        own_std = (0.5 * own_logvar).exp()
+        noise = torch.randn(own_mean.shape, generator=generator, device="cpu").to(own_mean.device)
+        sample = own_mean + self.config.noise_scale * own_std * noise
+        d = self.obs_dim
+        next_n = obs_n + sample[:, :d]
+        next_obs = self.units.clamp_plausible(self.units.denormalize_obs(next_n))
+        next_n = self.units.normalize_obs(next_obs)
+        zeros = torch.zeros(obs_n.shape[0], device=obs_n.device, dtype=own_mean.dtype)
+        spread = self.units.denormalize_obs_std(own_std[:, :d]) if self.uncertainty == "own" else \
+            torch.zeros_like(next_obs)
+        pred = Prediction(
+            obs=next_obs,
+            obs_mean=self.units.denormalize_obs(obs_n + own_mean[:, :d]),
+            obs_std=spread,
+            reward=self.units.denormalize_reward(sample[:, d]),
+            terminated=torch.sigmoid(own_term),
+            uncertainty=zeros,
+        )
+        return {"obs": next_n, "member": state["member"]}, pred
 
     # -------------------------------------------------------------- training
     def _transitions(self, batch: Batch) -> tuple[torch.Tensor, ...]:

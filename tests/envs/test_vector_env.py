@@ -82,7 +82,8 @@ def test_vector_matches_single_env(stores: dict, ensembles: dict) -> None:
 def test_reward_fn_and_uncertainty_penalty(stores: dict, ensembles: dict) -> None:
     store = stores["pendulum"]
     ep = store.read_episode(1)
-    env = gym.make("WorldModel-v0", model=ensembles["pendulum"], store=store, reward_fn="envs.rewards:pendulum")
+    env = gym.make("WorldModel-v0", model=ensembles["pendulum"], store=store, reward_fn="envs.rewards:pendulum",
+                   uncertainty="elites")
     # Pendulum's reward is a function of the state and the action: the recorded reward comes back exactly.
     for t in (0, 7, 20):
         env.reset(seed=0, options={"episode": 1, "t": t})
