@@ -28,7 +28,9 @@ Uncertainty = Literal["none", "own", "elites"]
 """What `EnsembleWorldModel.step` computes beside each trajectory's sample: "elites" runs every elite on every
 trajectory for their disagreement (epistemic `uncertainty`, `obs_std` with both parts; the MOPO penalty needs
 it); "own" runs only each trajectory's own member (`obs_std` its aleatoric std, `uncertainty` 0); "none" runs
-only the own member and reports no spread (`obs_std` and `uncertainty` 0). The samples are the same in all three."""
+only the own member and reports no spread (`obs_std` and `uncertainty` 0). The samples are the same in all three
+for an uncalibrated model; a calibration that narrows the spread pulls `elites` samples toward the elites' mean and
+`own`/`none` samples toward their own member's mean (the cheap paths never compute the elites' mean)."""
 UNCERTAINTIES: tuple[str, ...] = get_args(Uncertainty)
 
 
@@ -240,21 +242,23 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         noise = torch.randn(own_mean.shape, generator=generator, device="cpu").to(own_mean.device)
         sample = own_mean + self.config.noise_scale * own_std * noise
         d = self.obs_dim
-        next_n = obs_n + sample[:, :d]
-        next_obs = self.units.clamp_plausible(self.units.denormalize_obs(next_n))
-        next_n = self.units.normalize_obs(next_obs)
+        # Calibration scales the deviation from the own member's mean here (the elites' mean that `step`
+        # uses is not computed on this path): equal to `step` wherever the calibration does not narrow.
+        carried, reported = self.calibrate(state, own_mean[:, :d], sample[:, :d])
+        next_n = self.units.normalize_obs(self.units.clamp_plausible(self.units.denormalize_obs(obs_n + carried)))
+        next_obs = self.units.clamp_plausible(self.units.denormalize_obs(obs_n + reported))
         zeros = torch.zeros(obs_n.shape[0], device=obs_n.device, dtype=own_mean.dtype)
-        spread = self.units.denormalize_obs_std(own_std[:, :d]) if self.uncertainty == "own" else \
-            torch.zeros_like(next_obs)
+        spread = self.units.denormalize_obs_std(self.calibration_scale(state) * own_std[:, :d]) \
+            if self.uncertainty == "own" else torch.zeros_like(next_obs)
         pred = Prediction(
             obs=next_obs,
-            obs_mean=self.units.denormalize_obs(obs_n + own_mean[:, :d]),
+            obs_mean=self.units.clamp_plausible(self.units.denormalize_obs(obs_n + own_mean[:, :d])),
             obs_std=spread,
             reward=self.units.denormalize_reward(sample[:, d]),
             terminated=torch.sigmoid(own_term),
             uncertainty=zeros,
         )
-        return {"obs": next_n, "member": state["member"]}, pred
+        return {"obs": next_n, "member": state["member"], "horizon": state["horizon"] + 1}, pred
 
     # -------------------------------------------------------------- training
     def _transitions(self, batch: Batch) -> tuple[torch.Tensor, ...]:

@@ -17,7 +17,7 @@ from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel, uncertainty_
 def _rollout(model: EnsembleWorldModel, choice: str, members: torch.Tensor, steps: int = 6) -> list:
     gen = torch.Generator().manual_seed(3)
     state = {"obs": torch.randn(len(members), model.obs_dim, generator=torch.Generator().manual_seed(1)),
-             "member": members}
+             "member": members, "horizon": torch.zeros(len(members), dtype=torch.long)}
     actions = torch.rand(steps, len(members), model.action_dim, generator=torch.Generator().manual_seed(2)) * 4 - 2
     out = []
     with torch.inference_mode(), uncertainty_mode(model, choice):  # type: ignore[arg-type]
@@ -94,3 +94,23 @@ def test_scenario_rollout_uncertainty(stores: dict, ensembles: dict) -> None:  #
     fast = imagine_block(model, obs, prev, first, actions, samples=4, seed=7, uncertainty="none")
     np.testing.assert_allclose(fast["obs"], full["obs"], rtol=1e-5, atol=1e-5)
     assert (full["uncertainty"] > 0).all() and (fast["uncertainty"] == 0).all()
+
+
+def test_the_fast_path_applies_the_calibration(stores: dict) -> None:  # noqa: F811
+    """A calibrated ensemble's cheap path narrows each trajectory's noise around its own member's mean."""
+    store = stores["pendulum"]
+    from data_pipeline.windows import normalization_for
+
+    torch.manual_seed(0)
+    model = EnsembleWorldModel(EnsembleConfig(members=3, elites=2, hidden=16, layers=2), store.schema,
+                               normalization_for(store, range(store.num_episodes))).eval()
+    members = torch.zeros(256, dtype=torch.long)  # one member: the spread is its noise alone
+    spreads = []
+    for scale in (1.0, 0.1):
+        model.set_calibration(torch.full((1, model.obs_dim), scale))
+        state = {"obs": torch.zeros(256, model.obs_dim), "member": members,
+                 "horizon": torch.zeros(256, dtype=torch.long)}
+        with torch.inference_mode(), uncertainty_mode(model, "own"):
+            _, pred = model.step(state, torch.zeros(256, model.action_dim), torch.Generator().manual_seed(0))
+        spreads.append(pred.obs.std(0))
+    assert bool((spreads[1] < 0.3 * spreads[0]).all()), spreads
