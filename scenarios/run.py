@@ -105,7 +105,7 @@ def _write_scenarios(
                               block=spec.block_scenarios, overwrite=overwrite, attrs=attrs)
     barrier()
     mine = range(rank * len(blocks) // world_size, (rank + 1) * len(blocks) // world_size)
-    runner = ScenarioRunner(spec, model, store, points)
+    runner = ScenarioRunner(spec, model, store, points, spec.uncertainty)
     writer = ScenarioWriter(out)
     total = sum(blocks[k][1] - blocks[k][0] for k in mine)
     with tqdm(total=total, unit="scenario", desc="scenarios", disable=not progress or rank != 0) as bar:

@@ -165,6 +165,9 @@ class ScenarioSpec(Spec):
     """Clip actions to the action space (the actuator's range)."""
     block_trajectories: PosInt = 4096
     """Trajectories (scenarios × samples) per model call; bounds memory and fixes the output chunks."""
+    uncertainty: Literal["none", "own", "elites"] = "elites"
+    """What an ensemble computes beside the samples (worldmodel.ensemble.Uncertainty): "elites" stores the
+    members' disagreement as `uncertainty`; "none" runs each sample's own member only (several times faster)."""
     split: SplitSpec = SplitSpec()
     _source: str = PrivateAttr("<spec>")
     _text: str = PrivateAttr("")

@@ -408,3 +408,13 @@ def test_cli_two_processes_give_the_same_store(trained: Trained, tmp_path: Path)
     one, two = xr.open_zarr(tmp_path / "one.zarr").load(), xr.open_zarr(tmp_path / "two.zarr").load()
     xr.testing.assert_identical(one, two)
     assert zarr.open_group(str(tmp_path / "two.zarr"), mode="r").attrs["complete"]
+
+
+def test_uncertainty_none_gives_the_same_futures_without_the_disagreement(trained: Trained, tmp_path: Path) -> None:
+    """`uncertainty: none` runs each sample's own member only: same futures, no stored disagreement."""
+    full = run(trained, SPEC, tmp_path / "elites.zarr")
+    cheap = run(trained, SPEC + "    uncertainty: none\n", tmp_path / "none.zarr")
+    np.testing.assert_allclose(cheap["obs"].values, full["obs"].values, rtol=1e-5, atol=1e-5)
+    assert float(np.abs(cheap["uncertainty"].values).max()) == 0.0 < float(full["uncertainty"].values.max())
+    with pytest.raises(ScenarioSpecError, match="uncertainty"):
+        parse_spec_text(textwrap.dedent(SPEC) + "uncertainty: some\n", "bad.yaml")
