@@ -127,6 +127,14 @@ def test_short_test_episodes_score_the_longest_horizon_they_allow_and_say_so(tmp
     assert row[3] == m["horizons"] and "wall≤2×MLP NO" in row[-1]
 
 
+def test_short_episodes_are_scored_where_enough_of_them_reach_not_on_a_few_long_ones() -> None:
+    lengths = np.array([6] * 100 + [20] * 5)  # a balancing task: most episodes fall within 6 rows
+    assert zoo.horizon(lengths, context=4, target=10) == 2  # 105 hold 4 + 2 rows; only 5 hold 4 + 3
+    assert zoo.horizon(np.array([20] * 5), context=4, target=50) == 16  # few episodes: all of them count
+    assert zoo.horizon(np.array([60] * 40), context=4, target=50) == 50
+    assert zoo.horizon(np.array([4, 3]), context=4, target=10) == 0  # none holds context + 1: said, not scored
+
+
 def test_fit_output_without_an_evaluation_is_flagged_silent() -> None:
     assert zoo.evaluation_said("horizon    nrmse   persistence_nrmse\n  1  0.1\n") == "table"
     assert zoo.evaluation_said("evaluation: skipped (the test split holds no episode)\n") == "explained"
