@@ -111,23 +111,30 @@ def make_store(name: str, out: Path, quick: bool) -> Path:
     return store
 
 
-def fit(config: Path, store: Path, workdir: Path, extra: list[str]) -> tuple[Path, float, str]:
-    """`train.py fit` as a user runs it: (the model file, wall seconds, what it said about its evaluation)."""
+def fit(config: Path, store: Path, workdir: Path, extra: list[str], reuse: bool = False) -> tuple[Path, float, str]:
+    """`train.py fit` as a user runs it: (the model file, wall seconds, what it said about its evaluation).
+    With `reuse`, a fit this script already ran in `workdir` (its fit.log and fit_seconds) is scored again."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = python_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
-                          "TWINWORLD_DEBUG": os.environ.get("TWINWORLD_DEBUG", "")}
-    cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config), "--data.store", str(store),
-           "--trainer.enable_progress_bar", "false", *extra]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    (workdir / "fit.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise InputError(f"fit of {store} failed (exit {done.returncode}); its output: {workdir / 'fit.log'}")
-    found = re.search(r"^checkpoint: (.+)$", done.stdout, re.M)
+    log, timing = workdir / "fit.log", workdir / "fit_seconds"
+    if reuse and log.exists() and timing.exists():
+        stdout, seconds = log.read_text(), float(timing.read_text())
+    else:
+        env = python_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+                              "TWINWORLD_DEBUG": os.environ.get("TWINWORLD_DEBUG", "")}
+        cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config), "--data.store", str(store),
+               "--trainer.enable_progress_bar", "false", *extra]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        log.write_text(done.stdout + done.stderr)  # stdout first: the lines parsed below
+        if done.returncode != 0:
+            raise InputError(f"fit of {store} failed (exit {done.returncode}); its output: {log}")
+        timing.write_text(f"{seconds:.1f}\n")
+        stdout = done.stdout
+    found = re.search(r"^checkpoint: (.+)$", stdout, re.M)
     if not found:
-        raise InputError(f"fit of {store} printed no 'checkpoint:' line; its output: {workdir / 'fit.log'}")
-    return workdir / found.group(1), seconds, evaluation_said(done.stdout)
+        raise InputError(f"fit of {store} printed no 'checkpoint:' line; its output: {log}")
+    return workdir / found.group(1), seconds, evaluation_said(stdout)
 
 
 def evaluation_said(stdout: str) -> str:
@@ -287,7 +294,7 @@ def run_system(name: str, args: argparse.Namespace) -> list[list]:
     data = f"{train_b.batch_size} / {transitions(dm, 'test').batch_size}"
     for kind in args.kinds.split(","):
         model_file, fit_s, said = fit(Path(args.config_dir) / f"{kind}.yaml", store, out / name / kind,
-                                      args.fit_args.split())
+                                      args.fit_args.split(), reuse=args.reuse_fits)
         model = load(str(model_file))
         if mlp is None:  # one MLP per system, given the ensemble's (the first kind's) fit wall time
             mlp, mlp_s = fit_mlp(model, train_b, val_b, budget_s=fit_s)
@@ -311,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fit-args", default="", help="extra train.py fit flags, e.g. '--trainer.max_steps 50'")
     parser.add_argument("--context", type=int, default=4, help="real rows assimilated before each rollout")
     parser.add_argument("--out", default="/tmp/bench_zoo", help="stores and runs go here")
+    parser.add_argument("--reuse-fits", action="store_true",
+                        help="score again the fits a previous run left in --out (after a change to the scoring)")
     parser.add_argument("--no-record", action="store_true", help="print only, record nothing in BENCHMARKS.md")
     args = parser.parse_args(argv)
     names = list(SYSTEMS) if args.all else (args.systems.split(",") if args.systems else [args.system] if args.system
@@ -321,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # the baselines are small; the fits choose their own threads
     which = "--all" if args.all else f"--systems {','.join(names)}"
     flags = [which, "--quick" * args.quick, f"--kinds {args.kinds}" * (args.kinds != "ensemble"),
-             f"--context {args.context}" * (args.context != 4),
+             f"--context {args.context}" * (args.context != 4), "--reuse-fits" * args.reuse_fits,
              f"--fit-args {shlex.quote(args.fit_args)}" * bool(args.fit_args)]
     command = "`python benchmarks/bench_zoo.py " + " ".join(f for f in flags if f) + "`"
     where = machine(f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")

@@ -141,6 +141,17 @@ def test_fit_output_without_an_evaluation_is_flagged_silent() -> None:
     assert zoo.evaluation_said("model_uri: models:/x/1\ncheckpoint: runs/x/model.pt\n") == "SILENT"
 
 
+def test_reuse_fits_scores_a_previous_fit_without_running_it_again(tmp_path: Path) -> None:
+    (tmp_path / "fit.log").write_text("horizon  nrmse\ncheckpoint: runs/x/model.pt\nsome stderr\n")
+    (tmp_path / "fit_seconds").write_text("12.5\n")
+    no_config = tmp_path / "missing.yaml"  # a real fit of it would fail
+    assert zoo.fit(no_config, tmp_path / "s.zarr", tmp_path, [], reuse=True) == (
+        tmp_path / "runs/x/model.pt", 12.5, "table")
+    (tmp_path / "fit.log").write_text("model_uri: unpublished\n")
+    with pytest.raises(UserError, match="printed no 'checkpoint:' line"):
+        zoo.fit(no_config, tmp_path / "s.zarr", tmp_path, [], reuse=True)
+
+
 def test_cli_refuses_an_unknown_system_in_one_line() -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--system", "nosuch", "--no-record"], capture_output=True,
                           text=True, cwd=ROOT)
