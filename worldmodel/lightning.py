@@ -18,7 +18,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_pipeline.windows.batch import Batch
@@ -101,6 +102,59 @@ class Preemption(Callback):
         if self._previous is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR1, self._previous)
             self._previous = None
+
+
+def stop_reason(trainer: L.Trainer) -> str:
+    """Why a finished fit stopped, one phrase: early stopping (with its patience), max_steps, max_time or
+    max_epochs, in the order Lightning checks them."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]  # set by the callback connector
+        if isinstance(callback, EarlyStopping) and callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+            if callback.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+                return (f"early stopping ({callback.monitor} did not improve for {callback.wait_count} epochs, "
+                        f"patience {callback.patience})")
+            return f"early stopping ({callback.stopping_reason_message or callback.stopping_reason.value})"
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return f"max_steps {trainer.max_steps} reached"
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, Timer) and callback.time_remaining() is not None and callback.time_remaining() <= 0:
+            return "max_time reached"
+    if trainer.max_epochs is not None and trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
+        return f"max_epochs {trainer.max_epochs} reached"
+    return f"the trainer stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"
+
+
+class BestWeights(Callback):
+    """Ends a fit on the weights of its best validation, and says why it stopped (`stopped: …`).
+
+    `best` is a ModelCheckpoint that keeps the checkpoint of the lowest validation loss, saved right after
+    that validation, so it holds the weights validated there and the model state that validation set (the
+    ensemble's elites, `end_validation`): restoring it keeps weights and elites consistent. The restore
+    happens at `on_fit_end`, before the CLI evaluates, calibrates, saves and registers the model. A stop by
+    preemption or an error never reaches `on_fit_end`, so nothing is swapped there.
+    """
+
+    def __init__(self, best: ModelCheckpoint) -> None:
+        self.best = best
+        self.summary = ""
+        """`stopped: <reason>; restored best epoch E (val/loss 0.123)`, after the fit."""
+        self.best_epoch: int | None = None
+        """The epoch whose weights the fit ended on (None: no validation score, the last weights)."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        text = f"stopped: {stop_reason(trainer)}"
+        path = self.best.best_model_path
+        if path and Path(path).is_file():
+            checkpoint = load_checkpoint_file(path, pl_module.device)
+            pl_module.load_state_dict(checkpoint["state_dict"])
+            self.best_epoch = int(checkpoint["epoch"])
+            score = self.best.best_model_score
+            value = f" ({self.best.monitor} {float(score):.4g})" if score is not None else ""
+            text += f"; restored best epoch {checkpoint['epoch']}{value}"
+        else:
+            text += "; no validation score, so the last weights are kept"
+        self.summary = text
+        if trainer.is_global_zero:
+            print(text, flush=True)
 
 
 class WorldModelModule(L.LightningModule):

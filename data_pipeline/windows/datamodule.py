@@ -27,6 +27,24 @@ from data_pipeline.windows.fixed import eval_starts, eval_windows
 from data_pipeline.windows.normalization import normalization_for
 from data_pipeline.windows.split import DataUsage, fitting_window, split_episodes, usable_episodes
 
+EPOCH_BATCHES = (50, 1000)
+"""Bounds of an automatic epoch (`batches_per_epoch=None`), in batches per training process: at least 50, so
+a small store validates after a few passes rather than after every batch (and early stopping's patience
+counts enough steps to mean something); at most 1000, so a huge store still validates (and checkpoints
+its best weights) every 1000 steps."""
+
+
+def epoch_batches(transitions: int, window: int, batch_size: int, processes: int = 1) -> int:
+    """Batches per process for one pass over `transitions` training transitions, within `EPOCH_BATCHES`.
+
+    A window of `window` rows trains on `window - 1` transitions, so a pass is transitions / (batch × (window
+    − 1)) global batches, shared by `processes` DDP ranks. 2,000 transitions give the floor (50 batches: many
+    passes); 2 million give the ceiling (1000 batches: a fraction of a pass between validations).
+    """
+    per_batch = batch_size * max(window - 1, 1) * max(processes, 1)
+    low, high = EPOCH_BATCHES
+    return int(min(max(-(-transitions // per_batch), low), high))
+
 
 @dataclass(frozen=True)
 class _StoreFacts:
@@ -65,7 +83,7 @@ class WindowDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         cache_mb: float = 512.0,
         num_workers: int = 0,
-        batches_per_epoch: int = 100,
+        batches_per_epoch: int | None = None,
         val_batches: int = 20,
         sample_seed: int = 0,
         storage_options: dict[str, Any] | None = None,
@@ -81,7 +99,9 @@ class WindowDataModule(L.LightningDataModule):
             test_fraction: Expected fraction of episodes in the test split.
             cache_mb: Memory budget (MiB) of the chunk caches of one training process, shared by its workers.
             num_workers: DataLoader worker processes (each opens the store itself).
-            batches_per_epoch: Random training batches per epoch (per training process).
+            batches_per_epoch: Random training batches per epoch (per training process); None (default): one
+                pass over the train split's transitions, at least 50 and at most 1000 batches (`epoch_batches`),
+                so the budget follows the data and early stopping sees a validation often enough.
             val_batches: Most batches of fixed windows for validation and for test.
             sample_seed: Base seed of the training-window RNG streams.
             storage_options: fsspec options for a URL store (credentials stay out of the checkpoint).
@@ -171,6 +191,15 @@ class WindowDataModule(L.LightningDataModule):
         return self._store_facts().window
 
     @property
+    def epoch_batches(self) -> int:
+        """Training batches per epoch (per process): `batches_per_epoch`, or one pass over the train split."""
+        if self.batches_per_epoch is not None:
+            return self.batches_per_epoch
+        trainer = self.trainer
+        processes = int(trainer.world_size) if trainer is not None else 1
+        return epoch_batches(self.usage.transitions_used, self.window, self.batch_size, processes)
+
+    @property
     def usage(self) -> DataUsage:
         """How much of the train split training sees (`data_used: 93% of transitions (412/443 episodes)`)."""
         return self._store_facts().usage
@@ -190,7 +219,7 @@ class WindowDataModule(L.LightningDataModule):
             raise InputError(f"{self.store_path}: no train episode holds a window of {self.window} rows")
         loader = self._loader(WindowDataset(
             self.store_path, starts, lengths, window=self.window, batch_size=self.batch_size,
-            cache_bytes=self.cache_bytes, seed=self.sample_seed, num_batches=self.batches_per_epoch,
+            cache_bytes=self.cache_bytes, seed=self.sample_seed, num_batches=self.epoch_batches,
             storage_options=self.storage_options))
         loader.position = self._trained_position
         return loader
@@ -208,7 +237,7 @@ class WindowDataModule(L.LightningDataModule):
         # Lightning declares `current` as its base tracker; the fit loop's trackers count started and processed.
         epochs: Any = loop.epoch_progress.current
         total = trainer.num_training_batches
-        epoch_batches = int(total) if total != float("inf") else self.batches_per_epoch
+        epoch_batches = int(total) if total != float("inf") else self.epoch_batches
         if epochs.processed >= epochs.started:  # no epoch in progress
             return TrainPosition(epochs.started, 0, epoch_batches)
         batch_progress: Any = loop.epoch_loop.batch_progress.current
