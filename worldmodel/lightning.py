@@ -116,7 +116,8 @@ def stop_reason(trainer: L.Trainer) -> str:
     if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
         return f"max_steps {trainer.max_steps} reached"
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, Timer) and callback.time_remaining() is not None and callback.time_remaining() <= 0:
+        remaining = callback.time_remaining() if isinstance(callback, Timer) else None
+        if remaining is not None and remaining <= 0:
             return "max_time reached"
     if trainer.max_epochs is not None and trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
         return f"max_epochs {trainer.max_epochs} reached"
