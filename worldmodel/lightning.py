@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_pipeline.windows.batch import Batch
 from worldmodel.base import ModelBase
-from worldmodel.evaluation import explain_evaluation
+from worldmodel.evaluation import evaluate, explain_evaluation, format_table
 from worldmodel.io import load_checkpoint_file
 from worldmodel.kinds import ModelKind, build_model, resolve_config
 
@@ -256,6 +256,9 @@ class WorldModelModule(L.LightningModule):
 
     def _log_evaluation(self, split: str) -> None:
         hp = self.hparams
+        if split == "test" and getattr(self._datamodule(), "test_store", None):
+            self._log_test_store_evaluation()
+            return
         evaluation = explain_evaluation(self.world_model, self._datamodule(), split, context=hp["eval_context"],
                                         horizons=tuple(hp["eval_horizons"]), samples=hp["eval_samples"],
                                         max_windows=hp["eval_windows"])
@@ -268,6 +271,40 @@ class WorldModelModule(L.LightningModule):
         self.evaluation = metrics
         for k, v in metrics.items():
             self.log(f"{split}_eval/{k}", v, batch_size=1)
+
+    def _log_test_store_evaluation(self) -> None:
+        """Score the model on a separate store (`--data.test_store`): windows of context + the longest horizon
+        its episodes hold, starting every `--data.test_stride` rows from each episode's first row; the ridge
+        baseline is fitted on the training store's train split. Prints the table and what it covers."""
+        from data_pipeline.windows.datamodule import split_eval_windows, test_store_windows
+
+        dm, hp = self._datamodule(), self.hparams
+        context, horizons = int(hp["eval_context"]), tuple(hp["eval_horizons"])
+        _, lengths = dm.test_store_episodes()
+        longest = int(lengths.max()) if len(lengths) else 0
+        kept = tuple(h for h in horizons if context + h <= longest)
+        if not kept:
+            print(f"evaluation: skipped (the longest episode of {dm.test_store} has {longest} rows; the shortest "
+                  f"horizon needs {context + min(horizons)}: model.eval_context {context} + {min(horizons)})")
+            return
+        windows, found = test_store_windows(dm, context + max(kept), int(hp["eval_windows"]))
+        if windows is None:  # unreachable while `longest` holds the window
+            return
+        stride = dm.test_stride or context + max(kept)
+        used = windows.batch_size
+        capped = f", the first {used} of {found} (raise model.eval_windows)" if found > used else ""
+        dropped = [h for h in horizons if h not in kept]
+        print(f"test_store: {dm.test_store}: {windows.batch_size} windows of {windows.length} rows starting every "
+              f"{stride} rows from each episode's first row{capped}"
+              + (f"; horizons {', '.join(map(str, dropped))} dropped (longest episode {longest} rows)" if dropped
+                 else ""))
+        train = split_eval_windows(dm, "train", dm.window, int(hp["eval_windows"]))
+        metrics = evaluate(self.world_model, windows, context=context, horizons=kept, samples=int(hp["eval_samples"]),
+                           train=train)
+        print(format_table(metrics, kept), flush=True)
+        self.evaluation = metrics
+        for k, v in metrics.items():
+            self.log(f"test_eval/{k}", v, batch_size=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.world_model.parameters(), lr=self.hparams["lr"],
