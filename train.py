@@ -4,12 +4,18 @@
     python train.py fit --config configs/pendulum/ensemble.yaml --data.store p.zarr --ckpt_path last
     python train.py validate --config configs/pendulum/rssm.yaml --data.store p.zarr --ckpt_path CKPT
     python train.py test --config configs/pendulum/rssm.yaml --data.store p.zarr --ckpt_path CKPT
+    python train.py test --config configs/pendulum/rssm.yaml --data.store p.zarr --ckpt_path CKPT \
+        --data.test_store held_out.zarr --data.test_stride 10
     python train.py policy --config configs/pendulum/policy.yaml --model MODEL
 
 `fit`/`validate`/`test` are LightningCLI: every key of the YAML is also a flag (`--model.lr 3e-4`,
 `--model.config.hidden 64`, `--trainer.max_epochs 5`, `--trainer.accelerator gpu --trainer.precision
 bf16-mixed`, `--trainer.devices 2 --trainer.strategy ddp`, `--checkpoint.every_n_train_steps 500`), and
 `--help` lists them all, every model config field included. Model dimensions come from the store.
+`fit` runs epochs of one pass over the train split until the validation loss stops improving
+(`--early_stopping.patience`), bounded by `--trainer.max_steps` (or max_epochs, max_time); it ends on the best
+epoch's weights and prints why it stopped (`stopped: …`, docs/training.md). `test --data.test_store` scores the
+model on a separate store of the same schema, with evaluation starts every `--data.test_stride` rows.
 Runs are tracked in MLflow (`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`). `fit` ends by printing
 `model_uri: …`, `checkpoint: …` (the self-describing model file) and `lightning_checkpoint: …` (for
 `--ckpt_path`). If the tracking server stays away for `--mlflow.publish_timeout_s` at the end, the files

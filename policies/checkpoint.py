@@ -15,8 +15,12 @@ starts in a new or empty directory, or resumes the one whose state.json is there
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -173,14 +177,53 @@ def load_agent(agent_file: Path, env: GymEnv, trust_pickle: bool = False) -> Bas
     return agent
 
 
+class StopSignals:
+    """While a policy run is in progress, SIGTERM and SIGUSR1 (what cluster schedulers send before preemption)
+    are noted instead of ending the process, so the loop saves a resumable checkpoint at the next learned-env
+    step (`IterationCheckpoint`) or phase boundary and exits with 128 + the signal (`preempted`). The previous
+    handlers come back on exit. Outside the main thread (no signals there) it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def preempted(signum: int, state: LoopState, state_file: Path) -> SystemExit:
+    """Print where the run stopped and how to resume it; the exception to raise (exit code 128 + signum, as
+    `train.py fit`'s preemption: 143 for SIGTERM, 138 for SIGUSR1). `state` is already saved."""
+    from worldmodel.lightning import Preempted
+
+    print(f"preempted: {signal.Signals(signum).name} in iteration {state.iteration} at learned-env step "
+          f"{state.iteration_steps}; checkpoint saved: {state_file} (run the same command with --resume to "
+          "continue)", file=sys.stderr, flush=True)
+    return Preempted(signum)
+
+
 class IterationCheckpoint(BaseCallback):
-    """Every `every` learned-env steps, save the agent (with its training state) and then the loop state."""
+    """Every `every` learned-env steps, save the agent (with its training state) and then the loop state; on a
+    noted stop signal (`StopSignals`), save them and stop the learning (`stopped` is then True)."""
 
     def __init__(self, every: int, agent_file: Path, state: LoopState, state_file: Path, iteration: int,
-                 done: int) -> None:
+                 done: int, signals: StopSignals | None = None) -> None:
         super().__init__()
         self.every, self.agent_file = every, agent_file
         self.state, self.state_file, self.iteration, self.done = state, state_file, iteration, done
+        self.signals, self.stopped = signals, False
         self.start: int | None = None
 
     def _on_step(self) -> bool:
@@ -188,8 +231,9 @@ class IterationCheckpoint(BaseCallback):
         if self.start is None:
             self.start = self.num_timesteps - n
         steps = self.done + self.num_timesteps - self.start
-        if self.every and steps // self.every > (steps - n) // self.every:
+        self.stopped = self.signals is not None and self.signals.signum is not None
+        if self.stopped or (self.every and steps // self.every > (steps - n) // self.every):
             save_agent(self.model, self.agent_file)
             self.state.iteration, self.state.iteration_steps = self.iteration, steps
             self.state.save(self.state_file)
-        return True
+        return not self.stopped

@@ -12,9 +12,10 @@ the policy (zip + JSON) is an artifact and a Model Registry entry. Ends by print
 `policy_uri: …`, `real_return: …`, `real_steps: …`.
 
 `out_dir` must be new or empty; nothing in it is ever deleted. `--resume` continues a killed run from
-its last checkpoint in `out_dir` (agent, replay buffer, iteration, model). `--trust-pickle` lets it
-resume from a checkpoint written before the safe policy format (a stable-baselines3 zip and a pickled
-replay buffer): loading those runs any code they contain (docs/policy.md).
+its last checkpoint in `out_dir` (agent, replay buffer, iteration, model); SIGTERM or SIGUSR1 (a scheduler's
+preemption) saves one at the next learned-env step and exits 143 or 138, as `fit` does (docs/training.md).
+`--trust-pickle` lets it resume from a checkpoint written before the safe policy format (a stable-baselines3
+zip and a pickled replay buffer): loading those runs any code they contain (docs/policy.md).
 """
 
 from __future__ import annotations

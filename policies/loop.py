@@ -12,11 +12,13 @@ and a Model Registry entry.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from data_pipeline.errors import InputError
@@ -25,9 +27,11 @@ from policies.behaviour import make_policy
 from policies.checkpoint import (
     IterationCheckpoint,
     LoopState,
+    StopSignals,
     check_agent_loadable,
     check_out_dir,
     load_agent,
+    preempted,
     save_agent,
 )
 from policies.config import PolicyConfig
@@ -59,8 +63,6 @@ def train_policy(cfg: PolicyConfig, resume: bool = False, trust_pickle: bool = F
     `trust_pickle` lets `resume` load a checkpoint written before the safe format (an SB3 zip and a pickled
     replay buffer), which runs any code those files contain.
     """
-    from data_pipeline.record import record
-    from envs.sb3 import make_sb3_env
     from tracking.lineage import lineage_tags
     from tracking.logger import BufferedMLflowLogger
     from tracking.runs import default_names
@@ -95,51 +97,11 @@ def train_policy(cfg: PolicyConfig, resume: bool = False, trust_pickle: bool = F
 
     agent: BaseAlgorithm | None = None
     final_return = float("nan")
-    for iteration in range(state.iteration, cfg.iterations):
-        t0 = time.time()
-        venv = make_sb3_env(state.model, cfg.store, num_envs=cfg.num_envs, seed=cfg.seed + iteration,
-                            reward_fn=cfg.reward_fn, termination_fn=cfg.termination_fn,
-                            uncertainty_penalty=cfg.uncertainty_penalty, max_episode_steps=cfg.rollout_horizon)
-        if agent is None and resume and info_path(agent_file).exists():
-            agent = load_agent(agent_file, venv, trust_pickle=trust_pickle)
-        elif agent is None:
-            agent = make_agent(cfg, venv)
-        else:
-            agent.set_env(venv)
-        done_steps = state.iteration_steps if resume else 0
-        remaining = max(cfg.timesteps - done_steps, 0)
-        checkpoint = IterationCheckpoint(cfg.checkpoint_every, agent_file, state, state_file, iteration, done_steps)
-        if remaining:
-            agent.learn(remaining, reset_num_timesteps=False, callback=[checkpoint])
-        resume = False
-        state.iteration_steps = 0
-
-        metrics = {"model_return": model_return(agent, venv, min(cfg.eval_episodes, cfg.num_envs * 4))}
-        steps_used = real_steps(cfg.store)
-        if cfg.real_env:
-            final_return = real_return(agent, cfg.real_env, cfg.eval_episodes, seed=REAL_EVAL_SEED)
-            metrics["real_return"] = final_return
-        else:
-            final_return = metrics["model_return"]
-        metrics["real_steps"] = steps_used
-        metrics["iteration_seconds"] = time.time() - t0
-        tracker.log_metrics(metrics, step=iteration)
-        if cfg.real_env:
-            tracker.log_metrics({"real_return_vs_real_steps": final_return}, step=steps_used)
-        state.curve.append({"iteration": iteration, **metrics})
-        print(f"[policy] iteration {iteration}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()), flush=True)
-        venv.close()
-        save_agent(agent, agent_file)
-
-        if cfg.real_env and iteration < cfg.iterations - 1:
-            # Collect real data with the current policy, then refit the model on the grown store.
-            behaviour = make_policy(str(agent_file), agent.action_space)
-            record(cfg.real_env, cfg.collect_episodes, cfg.store, policy=behaviour,
-                   seed=cfg.seed * 1000 + 500 + iteration * cfg.collect_episodes, append=True,
-                   progress=False).close()
-            state.model = refit(state.model, cfg.store, cfg, out, iteration)
-        state.iteration = iteration + 1
-        state.save(state_file)
+    with StopSignals() as signals:  # SIGTERM / SIGUSR1: checkpoint, then exit 128 + signal (docs/policy.md)
+        for iteration in range(state.iteration, cfg.iterations):
+            agent, final_return = _iteration(cfg, state, state_file, agent_file, agent, iteration, resume, tracker,
+                                             trust_pickle, signals)
+            resume = False
 
     if agent is None:  # every iteration was already done: the run finished before it was resumed
         agent = load_sb3(agent_file, trust_pickle=trust_pickle)
@@ -174,3 +136,74 @@ def publish(policy_path: Path, curve_path: Path, run_id: str, registered_name: s
     if registered_name and info.registered_model_version is not None:
         return f"models:/{registered_name}/{info.registered_model_version}"
     return info.model_uri
+
+
+def _iteration(cfg: PolicyConfig, state: LoopState, state_file: Path, agent_file: Path, agent: BaseAlgorithm | None,
+               iteration: int, resume: bool, tracker: Any, trust_pickle: bool, signals: StopSignals
+               ) -> tuple[BaseAlgorithm, float]:
+    """One loop iteration: learn in the model, evaluate, collect real episodes and refit; the agent and the
+    iteration's return. A stop signal ends it at the next learned-env step or phase boundary, checkpointed."""
+    from data_pipeline.record import record
+    from envs.sb3 import make_sb3_env
+
+    t0 = time.time()
+    venv = make_sb3_env(state.model, cfg.store, num_envs=cfg.num_envs, seed=cfg.seed + iteration,
+                        reward_fn=cfg.reward_fn, termination_fn=cfg.termination_fn,
+                        uncertainty_penalty=cfg.uncertainty_penalty, max_episode_steps=cfg.rollout_horizon)
+    if agent is None and resume and info_path(agent_file).exists():
+        agent = load_agent(agent_file, venv, trust_pickle=trust_pickle)
+    elif agent is None:
+        agent = make_agent(cfg, venv)
+    else:
+        agent.set_env(venv)
+    done_steps = state.iteration_steps if resume else 0
+    remaining = max(cfg.timesteps - done_steps, 0)
+    if resume:
+        print(f"[policy] resuming iteration {iteration} at learned-env step {done_steps}", flush=True)
+    checkpoint = IterationCheckpoint(cfg.checkpoint_every, agent_file, state, state_file, iteration, done_steps,
+                                     signals)
+    if remaining:
+        agent.learn(remaining, reset_num_timesteps=False, callback=[checkpoint])
+    if signals.signum is not None:  # saved at the step the signal arrived, or now if learning had just ended
+        if not checkpoint.stopped:
+            save_agent(agent, agent_file)
+            state.iteration, state.iteration_steps = iteration, cfg.timesteps
+            state.save(state_file)
+        raise preempted(signals.signum, state, state_file)
+    state.iteration_steps = 0
+
+    metrics = {"model_return": model_return(agent, venv, min(cfg.eval_episodes, cfg.num_envs * 4))}
+    steps_used = real_steps(cfg.store)
+    if cfg.real_env:
+        final_return = real_return(agent, cfg.real_env, cfg.eval_episodes, seed=REAL_EVAL_SEED)
+        metrics["real_return"] = final_return
+    else:
+        final_return = metrics["model_return"]
+    metrics["real_steps"] = steps_used
+    metrics["iteration_seconds"] = time.time() - t0
+    tracker.log_metrics(metrics, step=iteration)
+    if cfg.real_env:
+        tracker.log_metrics({"real_return_vs_real_steps": final_return}, step=steps_used)
+    state.curve.append({"iteration": iteration, **metrics})
+    print(f"[policy] iteration {iteration}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()), flush=True)
+    venv.close()
+    save_agent(agent, agent_file)
+
+    if cfg.real_env and iteration < cfg.iterations - 1:
+        # Collect real data with the current policy, then refit the model on the grown store.
+        behaviour = make_policy(str(agent_file), agent.action_space)
+        record(cfg.real_env, cfg.collect_episodes, cfg.store, policy=behaviour,
+               seed=cfg.seed * 1000 + 500 + iteration * cfg.collect_episodes, append=True,
+               progress=False).close()
+        try:
+            state.model = refit(state.model, cfg.store, cfg, Path(cfg.out_dir), iteration)
+        except SIGTERMException:  # Lightning's own SIGTERM stop inside the refit: learning is done, redo the rest
+            state.iteration, state.iteration_steps = iteration, cfg.timesteps
+            state.save(state_file)
+            raise preempted(signals.signum or signal.SIGTERM, state, state_file) from None
+    state.iteration = iteration + 1
+    state.save(state_file)
+    if signals.signum is not None:  # arrived during evaluation or collection: the iteration is complete
+        raise preempted(signals.signum, state, state_file)
+    return agent, final_return
+

@@ -257,6 +257,18 @@ class BufferedMLflowLogger(Logger):
                 print(f"mlflow: could not mark run {self._run_id} FAILED ({type(err).__name__}); it shows "
                       "RUNNING until a resumed run or `python -m tracking.publish` ends it")
 
+    @rank_zero_only
+    def log_stop(self, summary: str, epochs: int, best_epoch: int | None) -> None:
+        """Why a fit stopped: the tag `twinworld.stopped` (the `stopped: …` line) and the metrics `epochs` and
+        `best_epoch` (buffered and spooled, so an outage delays them only). A tag the server cannot take now is
+        reported, not retried: the line is in the command's output and the metrics carry the numbers."""
+        metrics = {"epochs": float(epochs)} | ({} if best_epoch is None else {"best_epoch": float(best_epoch)})
+        self.log_metrics(metrics, step=0)
+        try:
+            self.experiment.set_tag(self.run_id, "twinworld.stopped", summary.removeprefix("stopped: ")[:5000])
+        except Exception as err:  # the server is away: publishing retries the rest and says so
+            print(f"mlflow: could not set the tag twinworld.stopped ({type(err).__name__})")
+
     def end_run(self, status: str = "FINISHED") -> None:
         if self._client is not None and self._run_id is not None:
             self.finalize(status)

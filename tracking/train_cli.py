@@ -12,13 +12,13 @@ from typing import Any
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from tracking.runs import default_names, fit_params, open_tracker, run_name
 from worldmodel.io import checkpoint_error
 from worldmodel.kinds import ConfigError, config_fields_help, resolve_config
-from worldmodel.lightning import Preemption, SafeCheckpointIO
+from worldmodel.lightning import BestWeights, Preemption, SafeCheckpointIO
 from worldmodel.threads import Threads, apply_threads, parse_threads
 
 
@@ -58,9 +58,15 @@ class TwinCLI(LightningCLI):
         parser.add_argument("--out_dir", default="runs",
                             help="where checkpoints go: OUT_DIR/<run name>/ (resume finds last.ckpt there)")
         # Always on, whatever --trainer.callbacks holds (resume needs last.ckpt); `--checkpoint.every_n_train_steps`.
+        # The best weights have their own checkpoint (best.ckpt, saved at validation: `instantiate_trainer`).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 50,
-                             "checkpoint.save_top_k": 1, "checkpoint.monitor": "val/loss", "checkpoint.mode": "min"})
+                             "checkpoint.save_top_k": 0})
+        # The budget follows the data: epochs over the train split (--data.batches_per_epoch), stopped when the
+        # validation loss stops improving, bounded by --trainer.max_steps / max_epochs / max_time (docs/training.md).
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.mode": "min",
+                             "early_stopping.patience": 5, "early_stopping.strict": False})
         parser.add_argument_group("model.config: the fields of each model.kind (set only those that differ "
                                   "from the preset)", description=config_fields_help())
 
@@ -117,6 +123,12 @@ class TwinCLI(LightningCLI):
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str(self.run_dir)
+        # best.ckpt: the weights of the lowest val/loss, saved right after that validation; the fit ends on them.
+        # Appended after --checkpoint, which stays `trainer.checkpoint_callback` (last.ckpt, resume).
+        best = ModelCheckpoint(dirpath=str(self.run_dir), filename="best", monitor="val/loss", mode="min",
+                               save_top_k=1, save_last=False, enable_version_counter=False)
+        self.best_weights = BestWeights(best)
+        trainer.callbacks.extend([best, self.best_weights])  # type: ignore[attr-defined]
         return trainer
 
     def _resolved_config(self) -> str:
@@ -143,6 +155,7 @@ class TwinCLI(LightningCLI):
 
         if not self.trainer.is_global_zero:  # under DDP, rank 0 alone evaluates, logs and registers the model
             return
+        self.tracker.log_stop(self.best_weights.summary, self.trainer.current_epoch, self.best_weights.best_epoch)
         hp = self.model.hparams
         mlflow_cfg = self.config["fit"].mlflow
         try:

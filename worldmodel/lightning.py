@@ -18,12 +18,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data_pipeline.windows.batch import Batch
 from worldmodel.base import ModelBase
-from worldmodel.evaluation import explain_evaluation
+from worldmodel.evaluation import evaluate, explain_evaluation, format_table
 from worldmodel.io import load_checkpoint_file
 from worldmodel.kinds import ModelKind, build_model, resolve_config
 
@@ -101,6 +102,60 @@ class Preemption(Callback):
         if self._previous is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR1, self._previous)
             self._previous = None
+
+
+def stop_reason(trainer: L.Trainer) -> str:
+    """Why a finished fit stopped, one phrase: early stopping (with its patience), max_steps, max_time or
+    max_epochs, in the order Lightning checks them."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]  # set by the callback connector
+        if isinstance(callback, EarlyStopping) and callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+            if callback.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+                return (f"early stopping ({callback.monitor} did not improve for {callback.wait_count} epochs, "
+                        f"patience {callback.patience})")
+            return f"early stopping ({callback.stopping_reason_message or callback.stopping_reason.value})"
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return f"max_steps {trainer.max_steps} reached"
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        remaining = callback.time_remaining() if isinstance(callback, Timer) else None
+        if remaining is not None and remaining <= 0:
+            return "max_time reached"
+    if trainer.max_epochs is not None and trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
+        return f"max_epochs {trainer.max_epochs} reached"
+    return f"the trainer stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"
+
+
+class BestWeights(Callback):
+    """Ends a fit on the weights of its best validation, and says why it stopped (`stopped: …`).
+
+    `best` is a ModelCheckpoint that keeps the checkpoint of the lowest validation loss, saved right after
+    that validation, so it holds the weights validated there and the model state that validation set (the
+    ensemble's elites, `end_validation`): restoring it keeps weights and elites consistent. The restore
+    happens at `on_fit_end`, before the CLI evaluates, calibrates, saves and registers the model. A stop by
+    preemption or an error never reaches `on_fit_end`, so nothing is swapped there.
+    """
+
+    def __init__(self, best: ModelCheckpoint) -> None:
+        self.best = best
+        self.summary = ""
+        """`stopped: <reason>; restored best epoch E (val/loss 0.123)`, after the fit."""
+        self.best_epoch: int | None = None
+        """The epoch whose weights the fit ended on (None: no validation score, the last weights)."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        text = f"stopped: {stop_reason(trainer)}"
+        path = self.best.best_model_path
+        if path and Path(path).is_file():
+            checkpoint = load_checkpoint_file(path, pl_module.device)
+            pl_module.load_state_dict(checkpoint["state_dict"])
+            self.best_epoch = int(checkpoint["epoch"])
+            score = self.best.best_model_score
+            value = f" ({self.best.monitor} {float(score):.4g})" if score is not None else ""
+            text += f"; restored best epoch {checkpoint['epoch']}{value}"
+        else:
+            text += "; no validation score, so the last weights are kept"
+        self.summary = text
+        if trainer.is_global_zero:
+            print(text, flush=True)
 
 
 class WorldModelModule(L.LightningModule):
@@ -201,6 +256,9 @@ class WorldModelModule(L.LightningModule):
 
     def _log_evaluation(self, split: str) -> None:
         hp = self.hparams
+        if split == "test" and getattr(self._datamodule(), "test_store", None):
+            self._log_test_store_evaluation()
+            return
         evaluation = explain_evaluation(self.world_model, self._datamodule(), split, context=hp["eval_context"],
                                         horizons=tuple(hp["eval_horizons"]), samples=hp["eval_samples"],
                                         max_windows=hp["eval_windows"])
@@ -213,6 +271,40 @@ class WorldModelModule(L.LightningModule):
         self.evaluation = metrics
         for k, v in metrics.items():
             self.log(f"{split}_eval/{k}", v, batch_size=1)
+
+    def _log_test_store_evaluation(self) -> None:
+        """Score the model on a separate store (`--data.test_store`): windows of context + the longest horizon
+        its episodes hold, starting every `--data.test_stride` rows from each episode's first row; the ridge
+        baseline is fitted on the training store's train split. Prints the table and what it covers."""
+        from data_pipeline.windows.datamodule import split_eval_windows, test_store_windows
+
+        dm, hp = self._datamodule(), self.hparams
+        context, horizons = int(hp["eval_context"]), tuple(hp["eval_horizons"])
+        _, lengths = dm.test_store_episodes()
+        longest = int(lengths.max()) if len(lengths) else 0
+        kept = tuple(h for h in horizons if context + h <= longest)
+        if not kept:
+            print(f"evaluation: skipped (the longest episode of {dm.test_store} has {longest} rows; the shortest "
+                  f"horizon needs {context + min(horizons)}: model.eval_context {context} + {min(horizons)})")
+            return
+        windows, found = test_store_windows(dm, context + max(kept), int(hp["eval_windows"]))
+        if windows is None:  # unreachable while `longest` holds the window
+            return
+        stride = dm.test_stride or context + max(kept)
+        used = windows.batch_size
+        capped = f", the first {used} of {found} (raise model.eval_windows)" if found > used else ""
+        dropped = [h for h in horizons if h not in kept]
+        print(f"test_store: {dm.test_store}: {windows.batch_size} windows of {windows.length} rows starting every "
+              f"{stride} rows from each episode's first row{capped}"
+              + (f"; horizons {', '.join(map(str, dropped))} dropped (longest episode {longest} rows)" if dropped
+                 else ""))
+        train = split_eval_windows(dm, "train", dm.window, int(hp["eval_windows"]))
+        metrics = evaluate(self.world_model, windows, context=context, horizons=kept, samples=int(hp["eval_samples"]),
+                           train=train)
+        print(format_table(metrics, kept), flush=True)
+        self.evaluation = metrics
+        for k, v in metrics.items():
+            self.log(f"test_eval/{k}", v, batch_size=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.world_model.parameters(), lr=self.hparams["lr"],

@@ -19,12 +19,12 @@ which chunks are resident. docs/windows.md explains the scheme and its guarantee
 | `sampler.py` | `WindowSampler`: random training windows, rotating through a store larger than the cache |
 | `fixed.py` | evaluation windows, the one home of the rule: `eval_starts`, `FixedWindows`, `eval_windows` |
 | `dataset.py` | the IterableDataset per (rank, worker) shard and its resumable DataLoader |
-| `datamodule.py` | `WindowDataModule` (LightningDataModule) and `split_eval_windows` |
+| `datamodule.py` | `WindowDataModule`, the epoch size (`epoch_batches`), `split_eval_windows`, `test_store_windows` |
 """
 
 from data_pipeline.windows.batch import Batch, Normalization, to_batch
 from data_pipeline.windows.cache import LOCAL_RUN_CHUNKS, REMOTE_RUN_CHUNKS, WINDOW_VARS, ChunkCache, chunk_span
-from data_pipeline.windows.datamodule import WindowDataModule, split_eval_windows
+from data_pipeline.windows.datamodule import WindowDataModule, epoch_batches, split_eval_windows, test_store_windows
 from data_pipeline.windows.dataset import EpochDataLoader, LoaderShard, TrainPosition, WindowDataset
 from data_pipeline.windows.fixed import FixedWindows, eval_starts, eval_windows
 from data_pipeline.windows.normalization import normalization_for
@@ -48,12 +48,14 @@ __all__ = [
     "WindowDataset",
     "WindowSampler",
     "chunk_span",
+    "epoch_batches",
     "eval_starts",
     "eval_windows",
     "fitting_window",
     "normalization_for",
     "split_episodes",
     "split_eval_windows",
+    "test_store_windows",
     "to_batch",
     "usable_episodes",
 ]

@@ -21,11 +21,30 @@ from data_pipeline.errors import InputError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.store import StoreLockedError, TrajectoryStore
 from data_pipeline.store.paths import is_url
+from data_pipeline.validate import check_schema_compatible
 from data_pipeline.windows.batch import Batch, Normalization
 from data_pipeline.windows.dataset import EpochDataLoader, TrainPosition, WindowDataset
 from data_pipeline.windows.fixed import eval_starts, eval_windows
 from data_pipeline.windows.normalization import normalization_for
 from data_pipeline.windows.split import DataUsage, fitting_window, split_episodes, usable_episodes
+
+EPOCH_BATCHES = (50, 1000)
+"""Bounds of an automatic epoch (`batches_per_epoch=None`), in batches per training process: at least 50, so
+a small store validates after a few passes rather than after every batch (and early stopping's patience
+counts enough steps to mean something); at most 1000, so a huge store still validates (and checkpoints
+its best weights) every 1000 steps."""
+
+
+def epoch_batches(transitions: int, window: int, batch_size: int, processes: int = 1) -> int:
+    """Batches per process for one pass over `transitions` training transitions, within `EPOCH_BATCHES`.
+
+    A window of `window` rows trains on `window - 1` transitions, so a pass is transitions / (batch × (window
+    − 1)) global batches, shared by `processes` DDP ranks. 2,000 transitions give the floor (50 batches: many
+    passes); 2 million give the ceiling (1000 batches: a fraction of a pass between validations).
+    """
+    per_batch = batch_size * max(window - 1, 1) * max(processes, 1)
+    low, high = EPOCH_BATCHES
+    return int(min(max(-(-transitions // per_batch), low), high))
 
 
 @dataclass(frozen=True)
@@ -65,11 +84,13 @@ class WindowDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         cache_mb: float = 512.0,
         num_workers: int = 0,
-        batches_per_epoch: int = 100,
+        batches_per_epoch: int | None = None,
         val_batches: int = 20,
         sample_seed: int = 0,
         storage_options: dict[str, Any] | None = None,
         window_coverage: float = 0.9,
+        test_store: str | None = None,
+        test_stride: int | None = None,
     ) -> None:
         """
         Args:
@@ -81,16 +102,24 @@ class WindowDataModule(L.LightningDataModule):
             test_fraction: Expected fraction of episodes in the test split.
             cache_mb: Memory budget (MiB) of the chunk caches of one training process, shared by its workers.
             num_workers: DataLoader worker processes (each opens the store itself).
-            batches_per_epoch: Random training batches per epoch (per training process).
+            batches_per_epoch: Random training batches per epoch (per training process); None (default): one
+                pass over the train split's transitions, at least 50 and at most 1000 batches (`epoch_batches`),
+                so the budget follows the data and early stopping sees a validation often enough.
             val_batches: Most batches of fixed windows for validation and for test.
             sample_seed: Base seed of the training-window RNG streams.
             storage_options: fsspec options for a URL store (credentials stay out of the checkpoint).
             window_coverage: Shorten `window` where needed so that at least this fraction of the train
                 episodes holds one (never below 2 rows); 0 keeps `window` and skips shorter episodes.
+            test_store: A separate store to test on (`train.py test`): all its episodes replace the test split,
+                so a model is scored on the user's own held-out data; its schema must match the store's.
+            test_stride: Evaluation windows of the test store start every this many rows from each episode's
+                first row (default: back to back, one window length apart).
         """
         super().__init__()
         if window < 1 or batch_size < 1:
             raise InputError(f"data: window={window} and batch_size={batch_size} must be ≥ 1")
+        if test_stride is not None and test_stride < 1:
+            raise InputError(f"data: test_stride={test_stride} must be ≥ 1 (rows between evaluation starts)")
         if not 0 <= window_coverage <= 1:
             raise InputError(f"data: window_coverage={window_coverage} must lie in [0, 1]")
         self.save_hyperparameters(ignore=["storage_options"])
@@ -101,6 +130,7 @@ class WindowDataModule(L.LightningDataModule):
         self.num_workers, self.batches_per_epoch = num_workers, batches_per_epoch
         self.val_batches = val_batches
         self.sample_seed, self.storage_options = sample_seed, storage_options
+        self.test_store, self.test_stride = test_store, test_stride
         self._facts: _StoreFacts | None = None
 
     # ------------------------------------------------------------------ metadata
@@ -147,6 +177,19 @@ class WindowDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
+        if stage == "test" and self.test_store:
+            self.test_store_episodes()  # an incompatible or unreadable test store stops here, in one line
+
+    def test_store_episodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start, length) rows of every committed episode of `test_store`, after checking that a model of this
+        store runs on it (`check_schema_compatible`, use "model")."""
+        if not self.test_store:
+            raise InputError("data: no test_store given")
+        with TrajectoryStore.open(self.test_store, storage_options=self.storage_options) as store:
+            where = f"--data.test_store {self.test_store}"
+            check_schema_compatible(store.schema, self.schema, use="model", where=where)
+            table = store.episodes()
+            return table["start"].to_numpy(np.int64), table["length"].to_numpy(np.int64)
 
     @property
     def schema(self) -> StoreSchema:
@@ -171,6 +214,15 @@ class WindowDataModule(L.LightningDataModule):
         return self._store_facts().window
 
     @property
+    def epoch_batches(self) -> int:
+        """Training batches per epoch (per process): `batches_per_epoch`, or one pass over the train split."""
+        if self.batches_per_epoch is not None:
+            return self.batches_per_epoch
+        trainer = self.trainer
+        processes = int(trainer.world_size) if trainer is not None else 1
+        return epoch_batches(self.usage.transitions_used, self.window, self.batch_size, processes)
+
+    @property
     def usage(self) -> DataUsage:
         """How much of the train split training sees (`data_used: 93% of transitions (412/443 episodes)`)."""
         return self._store_facts().usage
@@ -190,7 +242,7 @@ class WindowDataModule(L.LightningDataModule):
             raise InputError(f"{self.store_path}: no train episode holds a window of {self.window} rows")
         loader = self._loader(WindowDataset(
             self.store_path, starts, lengths, window=self.window, batch_size=self.batch_size,
-            cache_bytes=self.cache_bytes, seed=self.sample_seed, num_batches=self.batches_per_epoch,
+            cache_bytes=self.cache_bytes, seed=self.sample_seed, num_batches=self.epoch_batches,
             storage_options=self.storage_options))
         loader.position = self._trained_position
         return loader
@@ -208,7 +260,7 @@ class WindowDataModule(L.LightningDataModule):
         # Lightning declares `current` as its base tracker; the fit loop's trackers count started and processed.
         epochs: Any = loop.epoch_progress.current
         total = trainer.num_training_batches
-        epoch_batches = int(total) if total != float("inf") else self.batches_per_epoch
+        epoch_batches = int(total) if total != float("inf") else self.epoch_batches
         if epochs.processed >= epochs.started:  # no epoch in progress
             return TrainPosition(epochs.started, 0, epoch_batches)
         batch_progress: Any = loop.epoch_loop.batch_progress.current
@@ -216,13 +268,18 @@ class WindowDataModule(L.LightningDataModule):
         return TrainPosition(epochs.started - 1, batches, epoch_batches).normalized()
 
     def _eval_loader(self, name: str) -> EpochDataLoader:
-        starts, lengths = self._store_facts().episodes[name]
-        windows = eval_starts(starts, lengths, self.window, self.val_batches * self.batch_size)
+        path, stride = self.store_path, None
+        if name == "test" and self.test_store:
+            (starts, lengths), path, stride = self.test_store_episodes(), self.test_store, self.test_stride
+            keep = lengths >= self.window
+            starts, lengths = starts[keep], lengths[keep]
+        else:
+            starts, lengths = self._store_facts().episodes[name]
+        windows = eval_starts(starts, lengths, self.window, self.val_batches * self.batch_size, stride=stride)
         if not len(windows):
-            warnings.warn(f"{self.store_path}: the {name} split holds no window of {self.window} rows",
-                          stacklevel=3)
+            warnings.warn(f"{path}: the {name} split holds no window of {self.window} rows", stacklevel=3)
         return self._loader(WindowDataset(
-            self.store_path, starts, lengths, window=self.window, batch_size=self.batch_size,
+            path, starts, lengths, window=self.window, batch_size=self.batch_size,
             cache_bytes=self.cache_bytes, fixed_starts=windows, storage_options=self.storage_options))
 
     def val_dataloader(self) -> EpochDataLoader:
@@ -230,6 +287,17 @@ class WindowDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> EpochDataLoader:
         return self._eval_loader("test")
+
+
+def test_store_windows(datamodule: WindowDataModule, length: int, max_windows: int) -> tuple[Batch | None, int]:
+    """Evaluation windows of `length` rows from every episode of the DataModule's `test_store`, starting every
+    `test_stride` rows (default `length`) from each episode's first row: the first `max_windows` of them, and
+    how many there are in all."""
+    starts, lengths = datamodule.test_store_episodes()
+    found = len(eval_starts(starts, lengths, length, 2**62, spread=False, stride=datamodule.test_stride))
+    with TrajectoryStore.open(str(datamodule.test_store), storage_options=datamodule.storage_options) as store:
+        windows = eval_windows(store, np.arange(store.num_episodes), length, max_windows, stride=datamodule.test_stride)
+    return windows, found
 
 
 def split_eval_windows(datamodule: WindowDataModule, split: str, length: int, max_windows: int = 256) -> Batch | None:

@@ -24,15 +24,18 @@ EVAL_CACHE_BYTES = 512 << 20
 
 
 def eval_starts(
-    starts: np.ndarray, lengths: np.ndarray, window: int, max_windows: int, *, spread: bool = True
+    starts: np.ndarray, lengths: np.ndarray, window: int, max_windows: int, *, spread: bool = True,
+    stride: int | None = None,
 ) -> np.ndarray:
     """A fixed set of window start rows: back-to-back non-overlapping windows per episode (given as its
-    start row and length), at most `max_windows` of them.
+    start row and length), at most `max_windows` of them. `stride` k starts one every k rows from each
+    episode's first row instead (overlapping where k < window: a held-out yardstick, `--data.test_stride`).
 
     When there are more, `spread=True` thins them evenly over all episodes (validation and test loaders);
     `spread=False` keeps the first `max_windows` in episode order (open-loop evaluation, `eval_windows`).
     """
-    parts = [s + np.arange(0, n - window + 1, window) for s, n in zip(starts, lengths, strict=True)]
+    step = stride or window
+    parts = [s + np.arange(0, n - window + 1, step) for s, n in zip(starts, lengths, strict=True)]
     found = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
     if len(found) > max_windows:
         if not spread:
@@ -101,14 +104,15 @@ class FixedWindows:
 
 
 def eval_windows(
-    store: TrajectoryStore, episodes: Sequence[int] | np.ndarray, length: int, max_windows: int = 256
+    store: TrajectoryStore, episodes: Sequence[int] | np.ndarray, length: int, max_windows: int = 256,
+    stride: int | None = None,
 ) -> Batch | None:
     """Up to `max_windows` windows of `length` rows from `episodes`, the first ones in the order the episodes
-    are given, as one Batch (None if no episode is long enough)."""
+    are given, as one Batch (None if no episode is long enough); `stride` as in `eval_starts`."""
     table = store.episodes()
     pos = np.asarray(episodes, np.int64)
     starts = eval_starts(table["start"].to_numpy(np.int64)[pos], table["length"].to_numpy(np.int64)[pos], length,
-                         max_windows, spread=False)
+                         max_windows, spread=False, stride=stride)
     if not len(starts):
         return None
     fixed = FixedWindows(store, starts, window=length, batch_size=len(starts), cache_bytes=EVAL_CACHE_BYTES)

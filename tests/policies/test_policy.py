@@ -201,3 +201,40 @@ def test_policy_resume_after_sigkill(tiny_model: tuple[str, Path], tmp_path: Pat
     assert "policy: " in resumed.stdout
     final = json.loads(state.read_text())
     assert final["iteration"] == 1
+
+
+@pytest.mark.slow
+def test_policy_sigterm_saves_a_checkpoint_and_resumes_from_it(tiny_model: tuple[str, Path], tmp_path: Path) -> None:
+    """SIGTERM mid-learning (a scheduler's preemption) saves the agent and the step, exits 143 with how to resume,
+    and `--resume` continues from that very step."""
+    import json
+    import signal
+    import time
+
+    model, _ = tiny_model
+    store = _copy_store(model, tmp_path / "p.zarr")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
+    out_dir = tmp_path / "out"
+    args = [sys.executable, str(ROOT / "train.py"), "policy", "--config", str(ROOT / "configs/pendulum/policy.yaml"),
+            "--model", model, "--store", store, "--timesteps", "4000", "--iterations", "1", "--eval_episodes", "1",
+            "--num_envs", "4", "--checkpoint_every", "200",
+            "--hyperparameters", '{"learning_starts": 50, "batch_size": 16, "policy_kwargs": {"net_arch": [16]}}',
+            "--out_dir", str(out_dir)]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = out_dir / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not state.exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    saved = json.loads(state.read_text())
+    step = saved["iteration_steps"]
+    assert 200 <= step < 4000 and saved["iteration"] == 0
+    assert f"preempted: SIGTERM in iteration 0 at learned-env step {step}; checkpoint saved: {state}" in err
+    assert "--resume" in err and "Traceback" not in err
+
+    resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"[policy] resuming iteration 0 at learned-env step {step}" in resumed.stdout
+    assert json.loads(state.read_text())["iteration"] == 1 and "policy: " in resumed.stdout
