@@ -145,6 +145,10 @@ class ModelBase(nn.Module, Generic[ConfigT]):
         """No members to draw: the state unchanged (see `supports_member_resampling`)."""
         return state
 
+    def describe(self) -> dict[str, Any]:
+        """Nothing physical identified: a black-box model (the hybrid model reports its parameters)."""
+        return {}
+
     # -------------------------------------------------------------- training hooks
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss of a batch of windows and the metrics to log."""

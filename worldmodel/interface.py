@@ -23,7 +23,7 @@ which every shipped model subclasses but which callers never need to know about.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import torch
 
@@ -117,6 +117,11 @@ class WorldModel(Protocol):
 
     def resample_members(self, state: State, generator: torch.Generator | None = None) -> State:
         """Give each trajectory a freshly drawn member (where `supports_member_resampling`); else `state`."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the model identified about the physical system (a hybrid's parameters with units and spread,
+        its residual fraction), as JSON-ready data; empty for black-box models."""
         ...
 
     def save(self, path: str) -> str:

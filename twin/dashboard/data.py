@@ -75,11 +75,10 @@ class ModelCard:
         data = read_checkpoint(source)
         schema = json.loads(data["schema"])
         card = cls(source, str(data["model_type"]), json.loads(data["config"]), list(schema.get("obs_channels", [])))
-        # `describe()` is the hybrid models' report of their identified physical parameters (r-hybrid's issue);
-        # other kinds have none, so its absence is normal, not an error.
-        describe_fn = getattr(model, "describe", None)
-        if callable(describe_fn):
-            card.physics = describe_fn()
+        # `describe()` is what a model identified about the physical system (a hybrid's parameters); empty for
+        # black-box models, so its absence is normal, not an error.
+        if model is not None:
+            card.physics = model.describe() or None
         try:
             card.run_id = model_run_id(source)
         except LineageError as err:

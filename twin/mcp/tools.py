@@ -139,10 +139,8 @@ class TwinTools:
             acts = [r.ChannelInfo(name=c, unit=u, low=bound(act_space, "low", i), high=bound(act_space, "high", i),
                                   train_mean=r.finite(norm.action_mean[i]), train_std=r.finite(norm.action_std[i]))
                     for i, (c, u) in enumerate(zip(s.action_channels, s.action_units, strict=True))]
-        physics = None
-        describe = getattr(self.model, "describe", None)  # hybrid models report their identified parameters
-        if callable(describe):
-            physics = json.loads(json.dumps(describe(), default=str))
+        identified = self.model.describe()  # a hybrid's identified parameters; empty for black-box models
+        physics = json.loads(json.dumps(identified, default=str)) if identified else None
         config = self.model.config  # type: ignore[attr-defined]
         return r.TwinDescription(
             model_kind=self.model.model_type, model_file=self.config.model,
