@@ -69,7 +69,7 @@ def main() -> None:
         def pair(key: str, a: dict[str, float] = after, b: dict[str, float] = before) -> str:
             return f"{b.get(key, float('nan')):.3f} → {a.get(key, float('nan')):.3f}"
 
-        where = machine(f"torch {torch.__version__}, 1 thread; 8 engineers shared the 2 cores")
+        where = machine(f"torch {torch.__version__}, 1 thread")
         line = [str(date.today()), where, "python benchmarks/bench_calibration.py " + " ".join(sys.argv[1:]),
                 args.env, kind, str(args.steps), pair("coverage90/h10"), pair("coverage90/h50"), pair("nrmse/h50"),
                 f"{after['out_of_bounds/h50']:.3f}", f"{seconds:.1f}"]

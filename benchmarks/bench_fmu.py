@@ -171,7 +171,7 @@ def main() -> None:
 
     if not args.no_record:
         today = dt.date.today().isoformat()
-        where = f"{machine(VERSIONS)}, cpu, {torch.get_num_threads()} threads (8 engineers shared the 2 cores)"
+        where = f"{machine(VERSIONS)}, cpu, {torch.get_num_threads()} threads"
         cmd = "`python " + " ".join(["benchmarks/bench_fmu.py", *sys.argv[1:]]) + "`"
         rows = [
             [today, "FMU-v0 steps/s vs the same system as a plain numpy Gymnasium env, 1 env", where, cmd,

@@ -212,7 +212,7 @@ def main() -> None:
         import common
 
         command = "`python benchmarks/bench_hybrid.py " + " ".join(sys.argv[1:]) + "`"
-        where = common.machine(f"torch {torch.__version__}") + "; 8 engineers shared the 2 cores"
+        where = common.machine(f"torch {torch.__version__}")
         record_rows(ROOT / "BENCHMARKS.md", "bench_hybrid",
                     [(str(date.today()), where, command, *row) for row in rows], COLUMNS)
     print(platform.node(), "done")

@@ -143,8 +143,8 @@ def main() -> None:
     if args.no_record:
         return
     load = os.getloadavg()[0]
-    machine = f"{os.cpu_count()}-core CPU {platform.processor() or platform.machine()} (load avg {load:.1f}; 8 " \
-              f"engineers shared the cores), torch {torch.__version__}, 1 thread"
+    machine = f"{os.cpu_count()}-core CPU {platform.processor() or platform.machine()} (load avg {load:.1f}), " \
+              f"torch {torch.__version__}, 1 thread"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     cmd = f"`python benchmarks/bench_opcua.py --rate {args.rate:g} --seconds {args.seconds:g}` (at {commit})"
