@@ -288,3 +288,21 @@ def test_the_calibration_narrows_the_hybrid_spread_and_keeps_the_invariant(train
     finally:
         trained.set_calibration(torch.ones(0, 3))
     assert spreads[1] < 0.7 * spreads[0] and stds[1] < 0.7 * stds[0], (spreads, stds)
+
+
+def test_imagined_hybrid_samples_never_leave_the_declared_bounds(trained: HybridWorldModel,
+                                                                 data: tuple[StoreSchema, Normalization, Batch]
+                                                                 ) -> None:
+    """Pendulum declares |θ̇| ≤ 8: evaluation's out_of_bounds is 0, also with a calibration that widens 50×."""
+    from worldmodel.evaluation import evaluate
+
+    _, _, batch = data
+    windows = Batch(obs=batch.obs[:24], action=batch.action[:24], reward=batch.reward[:24],
+                    terminated=batch.terminated[:24], is_first=batch.is_first[:24], is_last=batch.is_last[:24])
+    try:
+        for scale in (1.0, 50.0):
+            trained.set_calibration(torch.full((1, 3), scale))
+            metrics = evaluate(trained, windows, context=4, horizons=(1, 12), samples=8)
+            assert metrics["out_of_bounds/h1"] == 0.0 and metrics["out_of_bounds/h12"] == 0.0, metrics
+    finally:
+        trained.set_calibration(torch.ones(0, 3))
