@@ -35,6 +35,7 @@ from common import machine, record_rows  # noqa: E402  (benchmarks/common.py)
 
 from data_pipeline.schema import StoreSchema  # noqa: E402
 from data_pipeline.windows.batch import Batch, Normalization  # noqa: E402
+from worldmodel.base import ModelBase  # noqa: E402
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel, uncertainty_mode  # noqa: E402
 from worldmodel.rssm import RSSMConfig, RSSMWorldModel  # noqa: E402
 
@@ -77,7 +78,7 @@ def best_of(fn: Callable[[], None], repeats: int, rounds: int = 3) -> float:
     return min(times)
 
 
-def step_ms(model: torch.nn.Module, envs: int, steps: int, uncertainty: str | None) -> float:
+def step_ms(model: ModelBase, envs: int, steps: int, uncertainty: str | None) -> float:
     """ms per `model.step` at `envs` trajectories, from a state after two observed steps."""
     model.eval()
     state = model.initial_state(envs)
@@ -98,12 +99,12 @@ def step_ms(model: torch.nn.Module, envs: int, steps: int, uncertainty: str | No
             return 1e3 * best_of(one, steps)
 
 
-def grad_steps_per_s(model: torch.nn.Module, batch: Batch, steps: int) -> float:
+def grad_steps_per_s(model: ModelBase, batch: Batch, steps: int) -> float:
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
     def one() -> None:
-        loss, _ = model.loss(batch)  # type: ignore[operator]
+        loss, _ = model.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
