@@ -21,6 +21,7 @@ to physical units, so `Prediction.obs_std` is an exact standard deviation in the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
@@ -183,25 +184,36 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
     def _dist(self, raw: torch.Tensor) -> torch.Tensor:
         c = self.config
         if self.categorical:
-            probs = torch.softmax(raw.unflatten(-1, (c.categories, c.classes)), -1)
-            probs = (1.0 - c.unimix) * probs + c.unimix / c.classes
-            return probs.log().flatten(-2)
+            return self._probs(raw).log().flatten(-2)
         mean, std = raw.chunk(2, -1)
         return torch.cat([mean, F.softplus(std) + c.min_latent_std], -1)
 
+    def _probs(self, raw: torch.Tensor) -> torch.Tensor:
+        """Categorical probabilities (…, categories, classes) of raw logits (…, categories·classes), with unimix."""
+        c = self.config
+        probs = torch.softmax(raw.unflatten(-1, (c.categories, c.classes)), -1)
+        return (1.0 - c.unimix) * probs + c.unimix / c.classes
+
+    def _class_index(self, probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """(…, categories) sampled classes of `probs` (…, categories, classes) for uniforms `noise`
+        (…, categories): the class where the cumulative probability first exceeds the uniform."""
+        cdf = probs.detach().float().cumsum(-1)  # float32 edges, also under bf16 autocast
+        return (cdf < noise.float().unsqueeze(-1)).sum(-1).clamp_max(probs.shape[-1] - 1)  # rounding: cdf[-1] < 1
+
+    def _one_hot_sample(self, probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Straight-through one-hot sample (…, categories·classes) of `probs` (…, categories, classes): the
+        forward value is the one-hot, the gradient that of the probabilities."""
+        onehot = F.one_hot(self._class_index(probs, noise), probs.shape[-1]).to(probs.dtype)
+        return (onehot + probs - probs.detach()).flatten(-2)
+
     def _sample(self, dist: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A reparameterized sample; `noise` (…, noise_dim) is standard normal (Gaussian) or uniform in [0, 1)
-        (categorical: the class where the cumulative probability first exceeds it)."""
+        (categorical, see `_class_index`)."""
         if not self.categorical:
             mean, std = dist.chunk(2, -1)
             return mean + std * noise
         c = self.config
-        probs = dist.unflatten(-1, (c.categories, c.classes)).exp()
-        cdf = probs.detach().float().cumsum(-1)  # float32 also under bf16 autocast: the classes' edges
-        index = (cdf < noise.float().unsqueeze(-1)).sum(-1).clamp_max(c.classes - 1)  # rounding: cdf[-1] < 1
-        onehot = F.one_hot(index, c.classes).to(probs.dtype)
-        # Straight-through: the forward value is the one-hot, the gradient that of the probabilities.
-        return (onehot + probs - probs.detach()).flatten(-2)
+        return self._one_hot_sample(dist.unflatten(-1, (c.categories, c.classes)).exp(), noise)
 
     def _mode(self, dist: torch.Tensor) -> torch.Tensor:
         if not self.categorical:
@@ -254,10 +266,14 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         stoch = self._mode(self._dist(self.prior_net(deter)))
         return deter.expand(batch, -1), stoch.expand(batch, -1)
 
+    def _advance(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor) -> torch.Tensor:
+        """h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])."""
+        return self.gru(self.img_in(torch.cat([stoch, action_feat.to(stoch.dtype)], -1)), deter)
+
     def _img_step(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}]) and the prior p(z_t | h_t)."""
-        deter = self.gru(self.img_in(torch.cat([stoch, action_feat.to(stoch.dtype)], -1)), deter)
+        """h_t and the prior p(z_t | h_t)."""
+        deter = self._advance(deter, stoch, action_feat)
         return deter, self._dist(self.prior_net(deter))
 
     def _filter(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor, embed: torch.Tensor,
@@ -310,7 +326,10 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
 
     def _decode(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, feat) -> mean, std in normalized units, (N, D) or (N, C, H, W)."""
-        out = self.decoder(feat)
+        return self._obs_dist(self.decoder(feat))
+
+    def _obs_dist(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's output (N, 2D) or (N, 2C, H, W) -> mean, std in normalized units."""
         mean, raw = out.chunk(2, 1)
         c = self.config
         return mean, c.min_obs_std + (c.max_obs_std - c.min_obs_std) * torch.sigmoid(raw)
@@ -347,13 +366,26 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         b = deter.shape[0]
         spread_wanted = self.uncertainty == "elites"
         k = self.config.uncertainty_samples if spread_wanted else 1
-        deter, prior = self._img_step(deter, stoch, self.units.encode_action(action))
+        deter = self._advance(deter, stoch, self.units.encode_action(action))
+        raw_prior = self.prior_net(deter)
         # K prior samples (K, B, stoch): sample 0 continues the trajectory, all K measure the spread.
-        noise = self._step_noise(b, k, generator, prior)
+        noise = self._step_noise(b, k, generator, raw_prior)
         obs_noise = torch.randn(b, *self.decoded_shape, generator=generator, device="cpu")
-        samples = self._sample(prior.unsqueeze(0).expand(k, -1, -1), noise.to(prior.dtype))
-        feats = torch.cat([deter.unsqueeze(0).expand(k, -1, -1), samples], -1)  # (K, B, F)
-        mean_n, std_n = self._decode(feats.flatten(0, 1))
+        if self.categorical and not torch.is_grad_enabled():
+            probs = self._probs(raw_prior)  # (B, categories, classes)
+            index = self._class_index(probs.unsqueeze(0).expand(k, -1, -1, -1), noise)  # (K, B, categories)
+            out, reward_raw, term_raw = self._heads_one_hot(deter, index)
+            stoch = F.one_hot(index[0], self.config.classes).to(probs.dtype).flatten(-2)
+        else:  # differentiable (straight-through) samples, or Gaussian latents
+            if self.categorical:
+                samples = self._one_hot_sample(self._probs(raw_prior).unsqueeze(0).expand(k, -1, -1, -1), noise)
+            else:
+                prior = self._dist(raw_prior)
+                samples = self._sample(prior.unsqueeze(0).expand(k, -1, -1), noise.to(prior.dtype))
+            feats = torch.cat([deter.unsqueeze(0).expand(k, -1, -1), samples], -1)  # (K, B, F)
+            out, stoch = self.decoder(feats.flatten(0, 1)), samples[0]
+            reward_raw, term_raw = self.reward_head(feats[0]), self.termination_head(feats[0])
+        mean_n, std_n = self._obs_dist(out)
         # Predictions leave in float32 (physical units), also under bf16 autocast.
         mean_n, std_n = mean_n.float().unflatten(0, (k, b)), std_n.float().unflatten(0, (k, b))
         own_mean, own_std = mean_n[0], std_n[0]
@@ -373,17 +405,47 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         if self.uncertainty == "none":
             total_std = torch.zeros_like(total_std)
 
-        feat = feats[0]
-        reward_n = symexp(self.reward_head(feat).squeeze(-1).float())
+        reward_n = symexp(reward_raw.squeeze(-1).float())
         pred = Prediction(
             obs=self.units.clamp_plausible(self.units.denormalize_obs(self._to_obs_layout(sample_n))),
             obs_mean=self.units.clamp_plausible(self.units.denormalize_obs(self._to_obs_layout(own_mean))),
             obs_std=self.units.denormalize_obs_std(self._to_obs_layout(total_std)),
             reward=self.units.denormalize_reward(reward_n),
-            terminated=torch.sigmoid(self.termination_head(feat).squeeze(-1).float()),
+            terminated=torch.sigmoid(term_raw.squeeze(-1).float()),
             uncertainty=spread.flatten(1).mean(-1),
         )
-        return {"deter": deter, "stoch": samples[0], "horizon": state["horizon"] + 1}, pred
+        return {"deter": deter, "stoch": stoch, "horizon": state["horizon"] + 1}, pred
+
+    def _heads_one_hot(self, deter: torch.Tensor, index: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoder output (K·B, …) for K one-hot latents given by their classes `index` (K, B, categories), and
+        the reward and termination logits (B, 1) of the first. The same values as the heads on the features
+        [deter, one-hot] (up to float rounding), cheaper: the first layers of the three heads are one matmul on
+        `deter`, shared by the K samples, plus a sum of the weight columns the one-hots pick (`embedding_bag`)
+        in place of a matmul with zeros. Inference only: no gradient reaches the probabilities this way."""
+        c, d = self.config, self.config.deter
+        k, b = index.shape[:2]
+        decoder_rest: Callable[[torch.Tensor], torch.Tensor]
+        if isinstance(self.decoder, ConvDecoder):
+            decoder_first: nn.Module = self.decoder.linear
+            decoder_rest = self.decoder.after_linear
+        else:
+            assert isinstance(self.decoder, nn.Sequential)
+            decoder_first, decoder_rest = self.decoder[0], self.decoder[1:]
+        firsts = [decoder_first, self.reward_head[0], self.termination_head[0]]
+        linears = [m for m in firsts if isinstance(m, nn.Linear)]
+        assert len(linears) == 3
+        weights: list[torch.Tensor] = [m.weight for m in linears]  # (out, deter + stoch) each
+        biases: list[torch.Tensor] = [m.bias for m in linears]
+        weight = torch.cat(weights)  # (O, deter + stoch), O = the three layers' outputs
+        bias = torch.cat(biases)
+        from_deter = torch.addmm(bias, deter, weight[:, :d].t())  # (B, O)
+        columns = index + torch.arange(c.categories, device=index.device) * c.classes  # (K, B, categories)
+        from_stoch = F.embedding_bag(columns.flatten(0, 1), weight[:, d:].t().contiguous(), mode="sum")  # (K·B, O)
+        hidden = from_stoch.unflatten(0, (k, b)) + from_deter  # (K, B, O)
+        to_decoder, to_reward, to_term = hidden.split([w.shape[0] for w in weights], -1)
+        reward_raw, term_raw = self.reward_head[1:](to_reward[0]), self.termination_head[1:](to_term[0])
+        return decoder_rest(to_decoder.flatten(0, 1)), reward_raw, term_raw
 
     # -------------------------------------------------------------- training
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

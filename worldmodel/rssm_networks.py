@@ -78,4 +78,8 @@ class ConvDecoder(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        return self.net(self.linear(feat).reshape(-1, *self.start))
+        return self.after_linear(self.linear(feat))
+
+    def after_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder after its first layer: (N, 8d·H/16·W/16) -> (N, 2C, H, W)."""
+        return self.net(x.reshape(-1, *self.start))

@@ -54,12 +54,32 @@ def test_uncertainty_choices_share_the_trajectory(kind: str, latent: str) -> Non
 def test_own_and_none_decode_only_the_trajectory_sample() -> None:
     model = _model("box").eval()
     rows: list[int] = []
-    model.decoder.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    model.decoder[-1].register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
     for mode in ("elites", "own", "none"):
         rows.clear()
         _rollout(model, "box", mode, h=2)
         per_step = model.config.uncertainty_samples * 3 if mode == "elites" else 3
         assert rows == [per_step, per_step], (mode, rows)
+
+
+@pytest.mark.parametrize("kind", ["box", "image"])
+def test_inference_step_equals_the_differentiable_step(kind: str) -> None:
+    """Without gradients, categorical one-hots enter the heads as picked weight columns instead of a matmul;
+    the predictions and the next state are those of the differentiable path (which policies may train through)."""
+    model = _model(kind).eval()
+    batch = _batch(kind, b=3, t=5)
+    action = _actions(kind, (3,), torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        state = model.observe(model.initial_state(3), *_history(kind, batch))
+        fast = model.step(state, action, torch.Generator().manual_seed(5))
+    with torch.enable_grad():
+        slow = model.step(state, action, torch.Generator().manual_seed(5))
+    for key in fast[0]:
+        torch.testing.assert_close(fast[0][key], slow[0][key].detach(), msg=key)
+    for name in ("obs", "obs_mean", "obs_std", "reward", "terminated", "uncertainty"):
+        torch.testing.assert_close(getattr(fast[1], name), getattr(slow[1], name).detach(), atol=1e-4, rtol=1e-5,
+                                   msg=name)
+    assert slow[1].obs.requires_grad  # the straight-through path still carries gradients
 
 
 @pytest.mark.parametrize("latent", ["categorical", "gaussian"])
