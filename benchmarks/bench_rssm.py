@@ -36,7 +36,7 @@ from common import machine, record_rows  # noqa: E402  (benchmarks/common.py)
 from data_pipeline.schema import StoreSchema  # noqa: E402
 from data_pipeline.windows.batch import Batch, Normalization  # noqa: E402
 from worldmodel.base import ModelBase  # noqa: E402
-from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel, uncertainty_mode  # noqa: E402
+from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel, Uncertainty, uncertainty_mode  # noqa: E402
 from worldmodel.rssm import RSSMConfig, RSSMWorldModel  # noqa: E402
 
 BEFORE = "b1b77f1"
@@ -66,40 +66,41 @@ def before_module(revision: str) -> ModuleType:
     return module
 
 
-def best_of(fn: Callable[[], None], repeats: int, rounds: int = 3) -> float:
-    """Seconds per call: the best of `rounds` means over `repeats` calls (a shared CPU only adds noise)."""
-    fn()  # warm-up
-    times = []
+def interleaved(fns: dict[str, Callable[[], None]], repeats: int, rounds: int) -> dict[str, float]:
+    """Seconds per call of each function: the best over `rounds` of the mean over `repeats` calls. The rounds
+    take the functions in turn, so a load that comes and goes on a shared CPU falls on all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in fns}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        times.append((time.perf_counter() - t0) / repeats)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / repeats)
+    return best
 
 
-def step_ms(model: ModelBase, envs: int, steps: int, uncertainty: str | None) -> float:
-    """ms per `model.step` at `envs` trajectories, from a state after two observed steps."""
+def stepper(model: ModelBase, envs: int, uncertainty: Uncertainty) -> Callable[[], None]:
+    """One imagined step of `envs` trajectories per call, continuing from a state after two observed steps
+    (`uncertainty` is ignored by a model without the choice, as the RSSM before)."""
     model.eval()
-    state = model.initial_state(envs)
     obs = torch.zeros(envs, 2, 3)
     act = torch.zeros(envs, 2, 1)
     first = torch.tensor([[True, False]]).expand(envs, -1)
     with torch.inference_mode():
-        state = model.observe(state, obs, act, first)
-        gen = torch.Generator().manual_seed(0)
-        holder = {"state": state}
+        holder = {"state": model.observe(model.initial_state(envs), obs, act, first)}
+    gen = torch.Generator().manual_seed(0)
 
-        def one() -> None:
+    def one() -> None:
+        with torch.inference_mode(), uncertainty_mode(model, uncertainty):
             holder["state"], _ = model.step(holder["state"], act[:, 0], gen)
 
-        if uncertainty is None:
-            return 1e3 * best_of(one, steps)
-        with uncertainty_mode(model, uncertainty):  # type: ignore[arg-type]
-            return 1e3 * best_of(one, steps)
+    return one
 
 
-def grad_steps_per_s(model: ModelBase, batch: Batch, steps: int) -> float:
+def trainer(model: ModelBase, batch: Batch) -> Callable[[], None]:
+    """One gradient step (loss, backward, Adam) per call."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
@@ -109,7 +110,7 @@ def grad_steps_per_s(model: ModelBase, batch: Batch, steps: int) -> float:
         loss.backward()
         opt.step()
 
-    return 1.0 / best_of(one, steps)
+    return one
 
 
 def make_batch(b: int, t: int) -> Batch:
@@ -127,14 +128,16 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10, help="imagined steps and gradient steps per round")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="imagined steps per round (a quarter as many gradient steps)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds taking the variants in turn; the best counts")
     parser.add_argument("--before", default=BEFORE, help="git revision of the RSSM to compare against")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
     if args.quick:
-        args.preset, args.envs, args.batch, args.window, args.steps = "tiny", 8, 2, 4, 1
+        args.preset, args.envs, args.batch, args.window, args.steps, args.rounds = "tiny", 8, 2, 4, 1, 1
 
     schema, norm = spaces_and_units()
     torch.manual_seed(0)
@@ -144,14 +147,15 @@ def main() -> None:
     old.load_state_dict(now.state_dict())
     ens = EnsembleWorldModel(EnsembleConfig.preset("small" if args.preset != "tiny" else "tiny"), schema, norm)
 
-    step = {"RSSM before": step_ms(old, args.envs, args.steps, None)}
-    for mode in ("elites", "own", "none"):
-        step[f"RSSM {mode}"] = step_ms(now, args.envs, args.steps, mode)
-    for mode in ("elites", "own", "none"):
-        step[f"ensemble {mode}"] = step_ms(ens, args.envs, args.steps, mode)
+    modes: tuple[Uncertainty, ...] = ("elites", "own", "none")
+    steppers = {"RSSM before": stepper(old, args.envs, "elites")}
+    steppers |= {f"RSSM {mode}": stepper(now, args.envs, mode) for mode in modes}
+    steppers |= {f"ensemble {mode}": stepper(ens, args.envs, mode) for mode in modes}
+    step = {name: 1e3 * s for name, s in interleaved(steppers, args.steps, args.rounds).items()}
     batch = make_batch(args.batch, args.window)
-    grad_before = grad_steps_per_s(old, batch, max(1, args.steps // 2))
-    grad_now = grad_steps_per_s(now, batch, max(1, args.steps // 2))
+    grad = interleaved({"before": trainer(old, batch), "now": trainer(now, batch)}, max(1, args.steps // 4),
+                       args.rounds)
+    grad_before, grad_now = 1.0 / grad["before"], 1.0 / grad["now"]
 
     for name, ms in step.items():
         print(f"{name:18s} {ms:8.2f} ms/step @{args.envs}")
@@ -165,12 +169,12 @@ def main() -> None:
         (today, f"imagined step @{args.envs}, {args.preset}, RSSM {mode} vs before", where, command,
          f"{step[f'RSSM {mode}']:.2f} ms", f"{step['RSSM before']:.2f} ms",
          f"{step['RSSM before'] / step[f'RSSM {mode}']:.2f}x faster", "")
-        for mode in ("elites", "own", "none")
+        for mode in modes
     ] + [
         (today, f"imagined step @{args.envs}, RSSM {mode} / ensemble {mode}", where, command,
          f"{step[f'RSSM {mode}']:.2f} ms", f"{step[f'ensemble {mode}']:.2f} ms",
          f"{step[f'RSSM {mode}'] / step[f'ensemble {mode}']:.2f}x the ensemble", "<= 3x")
-        for mode in ("elites", "own", "none")
+        for mode in modes
     ] + [
         (today, f"gradient steps/s @{args.batch}x{args.window}, {args.preset}, vs before", where, command,
          f"{grad_now:.2f}/s", f"{grad_before:.2f}/s", f"{grad_now / grad_before:.2f}x", ""),
