@@ -9,12 +9,22 @@ ms per imagined step at `--envs` for the RSSM before and for each `uncertainty` 
 ensemble's (the issue's target: RSSM <= 3x the ensemble), and world-model gradient steps/s (loss, backward,
 Adam) at batch `--batch` x `--window`. Pendulum-sized spaces (3 observation channels, 1 action); the weights
 are untrained, which costs the same as trained ones. Records rows in BENCHMARKS.md (`## bench_rssm`).
+
+`--sheeprl PYTHON` also times sheeprl's DreamerV3 world-model update at the same sizes, in a virtual environment
+of its own that reuses this one's torch and lightning (sheeprl is no dependency of the project):
+
+    python -m venv /tmp/sheeprl && python -c "import site; print(site.getsitepackages()[0])" \
+        > "$(/tmp/sheeprl/bin/python -c 'import site; print(site.getsitepackages()[0])')/project.pth"
+    /tmp/sheeprl/bin/pip install sheeprl==0.8.4
+    OMP_NUM_THREADS=1 python benchmarks/bench_rssm.py --sheeprl /tmp/sheeprl/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -113,6 +123,70 @@ def trainer(model: ModelBase, batch: Batch) -> Callable[[], None]:
     return one
 
 
+SHEEPRL = '''
+# sheeprl's DreamerV3 world-model update (its `world_model_learning`: loss, backward, clipping, optimizer step) at
+# the small preset's sizes: deter 256, dense 256 x 2 layers, 16 x 16 categoricals, Pendulum-sized vector spaces.
+''' + """
+import json
+import sys
+import time
+from pathlib import Path
+
+import gymnasium
+import hydra
+import numpy as np
+import sheeprl
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.fabric import Fabric
+from omegaconf import OmegaConf
+
+from sheeprl.algos.dreamer_v3.agent import build_agent
+from sheeprl.algos.dreamer_v3.dreamer_v3 import world_model_learning
+from sheeprl.utils.utils import dotdict
+
+b, t, steps, rounds = (int(x) for x in sys.argv[1:5])
+torch.set_num_threads(1)
+overrides = ["exp=dreamer_v3", "algo=dreamer_v3_XS", "env=gym", "env.id=Pendulum-v1",
+             "algo.cnn_keys.encoder=[]", "algo.cnn_keys.decoder=[]",
+             "algo.mlp_keys.encoder=[state]", "algo.mlp_keys.decoder=[state]",
+             "algo.world_model.stochastic_size=16", "algo.world_model.discrete_size=16",
+             "algo.dense_units=256", "algo.mlp_layers=2",
+             f"algo.per_rank_batch_size={b}", f"algo.per_rank_sequence_length={t}",
+             "fabric.accelerator=cpu", "fabric.devices=1", "metric.log_level=0"]
+with initialize_config_dir(config_dir=str(Path(sheeprl.__file__).parent / "configs"), version_base="1.3"):
+    cfg = compose(config_name="config", overrides=overrides)
+cfg = dotdict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+fabric = Fabric(accelerator="cpu", devices=1)
+obs_space = gymnasium.spaces.Dict({"state": gymnasium.spaces.Box(-8.0, 8.0, (3,), np.float32)})
+world_model, *_ = build_agent(fabric, [1], True, cfg, obs_space)
+opt = hydra.utils.instantiate(cfg.algo.world_model.optimizer, params=world_model.parameters(), _convert_="all")
+opt = fabric.setup_optimizers(opt)
+g = torch.Generator().manual_seed(0)
+data = {"state": torch.randn(t, b, 3, generator=g), "actions": torch.rand(t, b, 1, generator=g) * 2 - 1,
+        "rewards": -torch.rand(t, b, 1, generator=g), "terminated": torch.zeros(t, b, 1),
+        "truncated": torch.zeros(t, b, 1), "is_first": torch.zeros(t, b, 1)}
+params = sum(p.numel() for p in world_model.parameters())
+world_model_learning(fabric, cfg, world_model, opt, data)
+best = float("inf")
+for _ in range(rounds):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        world_model_learning(fabric, cfg, world_model, opt, data)
+    best = min(best, (time.perf_counter() - t0) / steps)
+print(json.dumps({"steps_per_s": 1.0 / best, "params": params}))
+"""
+
+
+def sheeprl_steps_per_s(python: str, b: int, t: int, steps: int, rounds: int) -> tuple[float, int]:
+    """Gradient steps/s and parameter count of sheeprl's DreamerV3 world model, run by `python` (a virtual
+    environment of its own: sheeprl is no dependency of this project)."""
+    out = subprocess.run([python, "-c", SHEEPRL, str(b), str(t), str(steps), str(rounds)], check=True,
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(result["steps_per_s"]), int(result["params"])
+
+
 def make_batch(b: int, t: int) -> Batch:
     gen = torch.Generator().manual_seed(0)
     is_first = torch.zeros(b, t, dtype=torch.bool)
@@ -132,6 +206,8 @@ def main() -> None:
                         help="imagined steps per round (a quarter as many gradient steps)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds taking the variants in turn; the best counts")
     parser.add_argument("--before", default=BEFORE, help="git revision of the RSSM to compare against")
+    parser.add_argument("--sheeprl", metavar="PYTHON",
+                        help="a Python with sheeprl installed: also time its DreamerV3 world-model update")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
@@ -156,10 +232,16 @@ def main() -> None:
     grad = interleaved({"before": trainer(old, batch), "now": trainer(now, batch)}, max(1, args.steps // 4),
                        args.rounds)
     grad_before, grad_now = 1.0 / grad["before"], 1.0 / grad["now"]
+    sheeprl = None
+    if args.sheeprl:
+        sheeprl = sheeprl_steps_per_s(args.sheeprl, args.batch, args.window, max(1, args.steps // 4), args.rounds)
 
     for name, ms in step.items():
         print(f"{name:18s} {ms:8.2f} ms/step @{args.envs}")
     print(f"gradient steps/s @{args.batch}x{args.window}: before {grad_before:.2f}, now {grad_now:.2f}")
+    params = sum(p.numel() for p in now.parameters())
+    if sheeprl:
+        print(f"sheeprl DreamerV3 world model: {sheeprl[0]:.2f} steps/s ({sheeprl[1]} parameters; ours {params})")
     if args.no_record:
         return
     today = date.today().isoformat()
@@ -179,6 +261,10 @@ def main() -> None:
         (today, f"gradient steps/s @{args.batch}x{args.window}, {args.preset}, vs before", where, command,
          f"{grad_now:.2f}/s", f"{grad_before:.2f}/s", f"{grad_now / grad_before:.2f}x", ""),
     ]
+    if sheeprl:
+        rows.append((today, f"gradient steps/s @{args.batch}x{args.window}, {args.preset} ({params} parameters) vs "
+                     f"sheeprl DreamerV3 world model ({sheeprl[1]} parameters)", where, command,
+                     f"{grad_now:.2f}/s", f"{sheeprl[0]:.2f}/s", f"{grad_now / sheeprl[0]:.2f}x", ""))
     record_rows(Path(args.out), "bench_rssm", rows)
 
 
