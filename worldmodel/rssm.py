@@ -21,7 +21,6 @@ to physical units, so `Prediction.obs_std` is an exact standard deviation in the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
@@ -35,7 +34,18 @@ from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
 from worldmodel.ensemble import Uncertainty
 from worldmodel.interface import Prediction, State, previous_actions
-from worldmodel.rssm_networks import ConvDecoder, ConvEncoder, NormGRUCell, mlp, symexp, symlog
+from worldmodel.rssm_networks import (
+    ConvDecoder,
+    ConvEncoder,
+    NormGRUCell,
+    class_index,
+    mlp,
+    one_hot_heads,
+    one_hot_sample,
+    stratified_noise,
+    symexp,
+    symlog,
+)
 
 
 @dataclass
@@ -194,26 +204,14 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         probs = torch.softmax(raw.unflatten(-1, (c.categories, c.classes)), -1)
         return (1.0 - c.unimix) * probs + c.unimix / c.classes
 
-    def _class_index(self, probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(…, categories) sampled classes of `probs` (…, categories, classes) for uniforms `noise`
-        (…, categories): the class where the cumulative probability first exceeds the uniform."""
-        cdf = probs.detach().float().cumsum(-1)  # float32 edges, also under bf16 autocast
-        return (cdf < noise.float().unsqueeze(-1)).sum(-1).clamp_max(probs.shape[-1] - 1)  # rounding: cdf[-1] < 1
-
-    def _one_hot_sample(self, probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Straight-through one-hot sample (…, categories·classes) of `probs` (…, categories, classes): the
-        forward value is the one-hot, the gradient that of the probabilities."""
-        onehot = F.one_hot(self._class_index(probs, noise), probs.shape[-1]).to(probs.dtype)
-        return (onehot + probs - probs.detach()).flatten(-2)
-
     def _sample(self, dist: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A reparameterized sample; `noise` (…, noise_dim) is standard normal (Gaussian) or uniform in [0, 1)
-        (categorical, see `_class_index`)."""
+        (categorical, see `class_index`)."""
         if not self.categorical:
             mean, std = dist.chunk(2, -1)
             return mean + std * noise
         c = self.config
-        return self._one_hot_sample(dist.unflatten(-1, (c.categories, c.classes)).exp(), noise)
+        return one_hot_sample(dist.unflatten(-1, (c.categories, c.classes)).exp(), noise)
 
     def _mode(self, dist: torch.Tensor) -> torch.Tensor:
         if not self.categorical:
@@ -236,20 +234,9 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
 
     def _step_noise(self, batch: int, samples: int, generator: torch.Generator | None, like: torch.Tensor
                     ) -> torch.Tensor:
-        """(samples, B, noise_dim) latent noise of one imagined step, drawn on CPU with `generator` and then
-        moved (a seed gives the same rollout on any device). Only row 0, the trajectory's own sample, takes
-        random numbers; row j is its uniforms shifted by j/samples (mod 1). Each row is thus an exact prior
-        sample, the rows are stratified (a steadier spread than independent draws), and the generator advances
-        by the same amount whatever `uncertainty` asks: the trajectory is the same in every mode."""
-        u = torch.rand(batch, self.noise_dim, generator=generator, device="cpu")  # (B, V)
-        if samples > 1:
-            shift = torch.arange(samples, dtype=u.dtype).div_(samples).view(-1, 1, 1)
-            u = (u.unsqueeze(0) + shift).remainder_(1.0)  # (K, B, V)
-        else:
-            u = u.unsqueeze(0)
-        if not self.categorical:  # the standard normal quantile of each uniform
-            u = math.sqrt(2.0) * torch.erfinv(u.clamp(1e-7, 1.0 - 1e-7).mul_(2.0).sub_(1.0))
-        return u.to(device=like.device)
+        """(samples, B, noise_dim) latent noise of one imagined step (see `stratified_noise`), on `like`'s device."""
+        noise = stratified_noise(batch, self.noise_dim, samples, generator, gaussian=not self.categorical)
+        return noise.to(device=like.device)
 
     def _kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """KL(p || q) summed over the latent, (…,)."""
@@ -373,12 +360,13 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         obs_noise = torch.randn(b, *self.decoded_shape, generator=generator, device="cpu")
         if self.categorical and not torch.is_grad_enabled():
             probs = self._probs(raw_prior)  # (B, categories, classes)
-            index = self._class_index(probs.unsqueeze(0).expand(k, -1, -1, -1), noise)  # (K, B, categories)
-            out, reward_raw, term_raw = self._heads_one_hot(deter, index)
+            index = class_index(probs.unsqueeze(0).expand(k, -1, -1, -1), noise)  # (K, B, categories)
+            out, reward_raw, term_raw = one_hot_heads(deter, index, self.decoder, self.reward_head,
+                                                      self.termination_head)
             stoch = F.one_hot(index[0], self.config.classes).to(probs.dtype).flatten(-2)
         else:  # differentiable (straight-through) samples, or Gaussian latents
             if self.categorical:
-                samples = self._one_hot_sample(self._probs(raw_prior).unsqueeze(0).expand(k, -1, -1, -1), noise)
+                samples = one_hot_sample(self._probs(raw_prior).unsqueeze(0).expand(k, -1, -1, -1), noise)
             else:
                 prior = self._dist(raw_prior)
                 samples = self._sample(prior.unsqueeze(0).expand(k, -1, -1), noise.to(prior.dtype))
@@ -415,37 +403,6 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
             uncertainty=spread.flatten(1).mean(-1),
         )
         return {"deter": deter, "stoch": stoch, "horizon": state["horizon"] + 1}, pred
-
-    def _heads_one_hot(self, deter: torch.Tensor, index: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decoder output (K·B, …) for K one-hot latents given by their classes `index` (K, B, categories), and
-        the reward and termination logits (B, 1) of the first. The same values as the heads on the features
-        [deter, one-hot] (up to float rounding), cheaper: the first layers of the three heads are one matmul on
-        `deter`, shared by the K samples, plus a sum of the weight columns the one-hots pick (`embedding_bag`)
-        in place of a matmul with zeros. Inference only: no gradient reaches the probabilities this way."""
-        c, d = self.config, self.config.deter
-        k, b = index.shape[:2]
-        decoder_rest: Callable[[torch.Tensor], torch.Tensor]
-        if isinstance(self.decoder, ConvDecoder):
-            decoder_first: nn.Module = self.decoder.linear
-            decoder_rest = self.decoder.after_linear
-        else:
-            assert isinstance(self.decoder, nn.Sequential)
-            decoder_first, decoder_rest = self.decoder[0], self.decoder[1:]
-        firsts = [decoder_first, self.reward_head[0], self.termination_head[0]]
-        linears = [m for m in firsts if isinstance(m, nn.Linear)]
-        assert len(linears) == 3
-        weights: list[torch.Tensor] = [m.weight for m in linears]  # (out, deter + stoch) each
-        biases: list[torch.Tensor] = [m.bias for m in linears]
-        weight = torch.cat(weights)  # (O, deter + stoch), O = the three layers' outputs
-        bias = torch.cat(biases)
-        from_deter = torch.addmm(bias, deter, weight[:, :d].t())  # (B, O)
-        columns = index + torch.arange(c.categories, device=index.device) * c.classes  # (K, B, categories)
-        from_stoch = F.embedding_bag(columns.flatten(0, 1), weight[:, d:].t().contiguous(), mode="sum")  # (K·B, O)
-        hidden = from_stoch.unflatten(0, (k, b)) + from_deter  # (K, B, O)
-        to_decoder, to_reward, to_term = hidden.split([w.shape[0] for w in weights], -1)
-        reward_raw, term_raw = self.reward_head[1:](to_reward[0]), self.termination_head[1:](to_term[0])
-        return decoder_rest(to_decoder.flatten(0, 1)), reward_raw, term_raw
 
     # -------------------------------------------------------------- training
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
