@@ -32,8 +32,20 @@ from data_pipeline.errors import InputError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
+from worldmodel.ensemble import Uncertainty
 from worldmodel.interface import Prediction, State, previous_actions
-from worldmodel.rssm_networks import ConvDecoder, ConvEncoder, NormGRUCell, mlp, symexp, symlog
+from worldmodel.rssm_networks import (
+    ConvDecoder,
+    ConvEncoder,
+    NormGRUCell,
+    class_index,
+    mlp,
+    one_hot_heads,
+    one_hot_sample,
+    stratified_noise,
+    symexp,
+    symlog,
+)
 
 
 @dataclass
@@ -77,7 +89,8 @@ class RSSMConfig:
     termination_scale: float = 1.0
     """Weight of the termination loss (binary cross-entropy)."""
     uncertainty_samples: int = 4
-    """Prior latent samples per imagined step; the spread of their decoded means is the uncertainty."""
+    """Prior latent samples per imagined step with `uncertainty` "elites"; the spread of their decoded means is
+    the uncertainty."""
     plausible_margin: float = 0.25
     """Imagined observations stay within the recorded range widened by this fraction of it."""
 
@@ -105,12 +118,23 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
     `observe` filters with the posterior *mode* (Gaussian mean / most likely class), so the belief is a
     deterministic function of the data. `step` draws from the prior with the given generator:
     `Prediction.obs_mean` is the decoder mean of the trajectory's sampled latent, `obs` adds decoder
-    noise to it, `obs_std` combines the decoder std with the spread of the decoded means over
-    `uncertainty_samples` prior samples, and `uncertainty` is that spread in normalized units averaged
-    over channels (pixels for images). `reward` is the head's mean; `terminated` a probability.
+    noise to it. What else a step computes is `uncertainty` (see `worldmodel.ensemble.Uncertainty`):
+
+    - "elites" (the default): `uncertainty_samples` stratified prior samples are decoded; `obs_std` combines
+      the decoder std with the spread of their decoded means and `uncertainty` is that spread in normalized
+      units averaged over channels (pixels for images). Calibration centers on the mean of the K samples.
+    - "own": only the trajectory's sample is decoded (1/K of the decoding); `obs_std` is the decoder std,
+      `uncertainty` 0. Calibration centers on the sample's own decoded mean, so it scales the decoder noise.
+    - "none": as "own", and `obs_std` is 0 too.
+
+    The trajectory (latent samples, `obs`, `reward`) is the same in all three for an uncalibrated model and a
+    given seed; a calibration scales the deviation from a different center in "elites" than in "own"/"none".
+    `reward` is the head's mean; `terminated` a probability.
     """
 
     model_type: ClassVar[str] = "rssm"
+    uncertainty: Uncertainty = "elites"
+    """What `step` computes beside the sample (see the class docstring); callers set it with `uncertainty_mode`."""
 
     def __init__(self, config: RSSMConfig, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__(config, schema, normalization)
@@ -137,6 +161,8 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
             self.encoder: nn.Module = ConvEncoder(ch, c.cnn_depth, h, w)
             embed = self.encoder.out_dim
             self.decoder: nn.Module = ConvDecoder(feat, ch, c.cnn_depth, h, w)
+            self.decoded_shape: tuple[int, ...] = (ch, h, w)
+            """Shape of one decoded observation (channel-first for images)."""
         else:
             if self.obs_dim == 0:
                 raise InputError("rssm: the store has no observation channels")
@@ -144,6 +170,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
             self.encoder = mlp(self.obs_dim, c.hidden, c.layers, c.hidden)
             embed = c.hidden
             self.decoder = mlp(feat, c.hidden, c.layers, 2 * self.obs_dim)
+            self.decoded_shape = self.obs_shape
 
         self.initial_deter = nn.Parameter(torch.zeros(c.deter))
         self.img_in = nn.Sequential(
@@ -161,26 +188,30 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
 
     # -------------------------------------------------------------- latent distribution
     # A distribution is one tensor: Gaussian [mean, std] (…, 2·stoch); categorical log-probs (…, cat·cls).
+    # Noise is one number per latent variable (…, `noise_dim`): a standard normal per Gaussian unit, a uniform
+    # per categorical variable (inverse-CDF sampling: the same distribution as Gumbel-max at 1/classes of the
+    # random numbers and no logarithms).
     def _dist(self, raw: torch.Tensor) -> torch.Tensor:
         c = self.config
         if self.categorical:
-            probs = torch.softmax(raw.unflatten(-1, (c.categories, c.classes)), -1)
-            probs = (1.0 - c.unimix) * probs + c.unimix / c.classes
-            return probs.log().flatten(-2)
+            return self._probs(raw).log().flatten(-2)
         mean, std = raw.chunk(2, -1)
         return torch.cat([mean, F.softplus(std) + c.min_latent_std], -1)
 
+    def _probs(self, raw: torch.Tensor) -> torch.Tensor:
+        """Categorical probabilities (…, categories, classes) of raw logits (…, categories·classes), with unimix."""
+        c = self.config
+        probs = torch.softmax(raw.unflatten(-1, (c.categories, c.classes)), -1)
+        return (1.0 - c.unimix) * probs + c.unimix / c.classes
+
     def _sample(self, dist: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """A reparameterized sample; `noise` is standard normal (Gaussian) or Gumbel (categorical)."""
+        """A reparameterized sample; `noise` (…, noise_dim) is standard normal (Gaussian) or uniform in [0, 1)
+        (categorical, see `class_index`)."""
         if not self.categorical:
             mean, std = dist.chunk(2, -1)
             return mean + std * noise
         c = self.config
-        logp = dist.unflatten(-1, (c.categories, c.classes))
-        onehot = F.one_hot((logp + noise.unflatten(-1, (c.categories, c.classes))).argmax(-1), c.classes)
-        probs = logp.exp()
-        # Straight-through: the forward value is the one-hot, the gradient that of the probabilities.
-        return (onehot.to(probs.dtype) + probs - probs.detach()).flatten(-2)
+        return one_hot_sample(dist.unflatten(-1, (c.categories, c.classes)).exp(), noise)
 
     def _mode(self, dist: torch.Tensor) -> torch.Tensor:
         if not self.categorical:
@@ -189,26 +220,23 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         logp = dist.unflatten(-1, (c.categories, c.classes))
         return F.one_hot(logp.argmax(-1), c.classes).to(logp.dtype).flatten(-2)
 
-    def _noise_shape(self, dist: torch.Tensor) -> tuple[int, ...]:
-        return (*dist.shape[:-1], self.stoch_dim)
+    @property
+    def noise_dim(self) -> int:
+        """Random numbers per latent sample: one per categorical variable, or per Gaussian unit."""
+        return self.config.categories if self.categorical else self.config.stoch
 
-    def _device_noise(self, dist: torch.Tensor) -> torch.Tensor:
-        """Training noise, drawn on the model's device (global RNG, seeded by the trainer)."""
-        shape = self._noise_shape(dist)
-        if not self.categorical:
-            return torch.randn(shape, device=dist.device, dtype=dist.dtype)
-        u = torch.rand(shape, device=dist.device, dtype=dist.dtype)
-        return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+    def _device_noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """Training noise (…, noise_dim), drawn on the model's device (global RNG, seeded by the trainer)."""
+        shape = (*shape, self.noise_dim)
+        if self.categorical:
+            return torch.rand(shape, device=like.device)
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
 
-    def _generator_noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None,
-                         gumbel: bool) -> torch.Tensor:
-        """Noise drawn on CPU with `generator`, then moved: a seed gives the same rollout on any device."""
-        if gumbel:
-            u = torch.rand(shape, generator=generator, device="cpu").clamp(1e-20, 1.0 - 1e-7)
-            noise = -torch.log(-torch.log(u))
-        else:
-            noise = torch.randn(shape, generator=generator, device="cpu")
-        return noise.to(device=like.device, dtype=like.dtype)
+    def _step_noise(self, batch: int, samples: int, generator: torch.Generator | None, like: torch.Tensor
+                    ) -> torch.Tensor:
+        """(samples, B, noise_dim) latent noise of one imagined step (see `stratified_noise`), on `like`'s device."""
+        noise = stratified_noise(batch, self.noise_dim, samples, generator, gaussian=not self.categorical)
+        return noise.to(device=like.device)
 
     def _kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """KL(p || q) summed over the latent, (…,)."""
@@ -225,26 +253,50 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         stoch = self._mode(self._dist(self.prior_net(deter)))
         return deter.expand(batch, -1), stoch.expand(batch, -1)
 
+    def _advance(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor) -> torch.Tensor:
+        """h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])."""
+        return self.gru(self.img_in(torch.cat([stoch, action_feat.to(stoch.dtype)], -1)), deter)
+
     def _img_step(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}]) and the prior p(z_t | h_t)."""
-        deter = self.gru(self.img_in(torch.cat([stoch, action_feat.to(stoch.dtype)], -1)), deter)
+        """h_t and the prior p(z_t | h_t)."""
+        deter = self._advance(deter, stoch, action_feat)
         return deter, self._dist(self.prior_net(deter))
 
-    def _obs_step(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor,
-                  embed: torch.Tensor, is_first: torch.Tensor, initial: tuple[torch.Tensor, torch.Tensor],
-                  sample: bool) -> tuple[torch.Tensor, ...]:
-        """One filtering step: reset to `initial` where `is_first`, advance h, then the posterior
-        q(z_t | h_t, o_t), sampled (training) or its mode (filtering)."""
-        init_deter, init_stoch = initial
-        first = is_first.unsqueeze(-1)
-        deter = torch.where(first, init_deter.to(deter.dtype), deter)
-        stoch = torch.where(first, init_stoch.to(stoch.dtype), stoch)
-        action_feat = torch.where(first, torch.zeros_like(action_feat), action_feat)
-        deter, prior = self._img_step(deter, stoch, action_feat)
-        post = self._dist(self.posterior_net(torch.cat([deter, embed.to(deter.dtype)], -1)))
-        stoch = self._sample(post, self._device_noise(post)) if sample else self._mode(post)
-        return deter, stoch, prior, post
+    def _filter(self, deter: torch.Tensor, stoch: torch.Tensor, action_feat: torch.Tensor, embed: torch.Tensor,
+                is_first: torch.Tensor, noise: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Filter a window: at each step reset to the initial state where `is_first`, advance h, then take the
+        posterior q(z_t | h_t, o_t), sampled with `noise` (T, B, noise_dim) (training) or its mode (None).
+
+        Returns deter (B, T, deter), stoch (B, T, stoch) and the posteriors (B, T, ·). Only the recurrence runs
+        per step: the first layers' action and embedding terms are one matmul over the window (a linear layer
+        of a concatenation is the sum of its blocks), and the prior, which does not feed back, is left to the
+        caller to apply to all steps at once."""
+        b, t = embed.shape[:2]
+        init_deter, init_stoch = self._initial(b)
+        first = is_first.unsqueeze(-1)  # (B, T, 1)
+        in_linear, post_linear = self.img_in[0], self.posterior_net[0]
+        assert isinstance(in_linear, nn.Linear) and isinstance(post_linear, nn.Linear)
+        s, d = self.stoch_dim, self.config.deter
+        action_feat = torch.where(first, torch.zeros_like(action_feat), action_feat).to(stoch.dtype)
+        act_in = F.linear(action_feat, in_linear.weight[:, s:], in_linear.bias)  # (B, T, hidden)
+        emb_in = F.linear(embed.to(deter.dtype), post_linear.weight[:, d:], post_linear.bias)  # (B, T, hidden)
+        w_stoch, w_deter = in_linear.weight[:, :s].t(), post_linear.weight[:, :d].t()
+        in_rest, post_rest = self.img_in[1:], self.posterior_net[1:]
+        resets = is_first.any(0).tolist()  # steps where some row starts an episode (one host sync per window)
+        deters, stochs, posts = [], [], []
+        for i in range(t):
+            if resets[i]:
+                deter = torch.where(first[:, i], init_deter.to(deter.dtype), deter)
+                stoch = torch.where(first[:, i], init_stoch.to(stoch.dtype), stoch)
+            deter = self.gru(in_rest(torch.addmm(act_in[:, i], stoch, w_stoch)), deter)
+            post = self._dist(post_rest(torch.addmm(emb_in[:, i], deter, w_deter)))
+            stoch = self._mode(post) if noise is None else self._sample(post, noise[i])
+            deters.append(deter)
+            stochs.append(stoch)
+            posts.append(post)
+        return torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(posts, 1)
 
     # -------------------------------------------------------------- observations
     def _obs_input(self, obs: torch.Tensor) -> torch.Tensor:
@@ -261,7 +313,10 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
 
     def _decode(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, feat) -> mean, std in normalized units, (N, D) or (N, C, H, W)."""
-        out = self.decoder(feat)
+        return self._obs_dist(self.decoder(feat))
+
+    def _obs_dist(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's output (N, 2D) or (N, 2C, H, W) -> mean, std in normalized units."""
         mean, raw = out.chunk(2, 1)
         c = self.config
         return mean, c.min_obs_std + (c.max_obs_std - c.min_obs_std) * torch.sigmoid(raw)
@@ -287,49 +342,67 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         embed = self._embed(self._obs_input(obs))
         is_first = is_first.bool()
         act = self._encode_actions(action, is_first)
-        deter, stoch = state["deter"], state["stoch"]
-        initial = self._initial(deter.shape[0])
-        for t in range(obs.shape[1]):
-            deter, stoch, _, _ = self._obs_step(deter, stoch, act[:, t], embed[:, t], is_first[:, t], initial,
-                                                sample=False)
-        return {"deter": deter, "stoch": stoch, "horizon": self.fresh_horizon(deter.shape[0], deter.device)}
+        deter, stoch, _ = self._filter(state["deter"], state["stoch"], act, embed, is_first, noise=None)
+        return {"deter": deter[:, -1], "stoch": stoch[:, -1],
+                "horizon": self.fresh_horizon(deter.shape[0], deter.device)}
 
     def step(
         self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[State, Prediction]:
         deter, stoch = state["deter"], state["stoch"]
-        b, k = deter.shape[0], self.config.uncertainty_samples
-        deter, prior = self._img_step(deter, stoch, self.units.encode_action(action))
+        b = deter.shape[0]
+        spread_wanted = self.uncertainty == "elites"
+        k = self.config.uncertainty_samples if spread_wanted else 1
+        deter = self._advance(deter, stoch, self.units.encode_action(action))
+        raw_prior = self.prior_net(deter)
         # K prior samples (K, B, stoch): sample 0 continues the trajectory, all K measure the spread.
-        noise = self._generator_noise((k, b, self.stoch_dim), prior, generator, gumbel=self.categorical)
-        samples = self._sample(prior.unsqueeze(0).expand(k, -1, -1), noise)
-        feats = torch.cat([deter.unsqueeze(0).expand(k, -1, -1), samples], -1)  # (K, B, F)
-        mean_n, std_n = self._decode(feats.flatten(0, 1))
+        noise = self._step_noise(b, k, generator, raw_prior)
+        obs_noise = torch.randn(b, *self.decoded_shape, generator=generator, device="cpu")
+        if self.categorical and not torch.is_grad_enabled():
+            probs = self._probs(raw_prior)  # (B, categories, classes)
+            index = class_index(probs.unsqueeze(0).expand(k, -1, -1, -1), noise)  # (K, B, categories)
+            out, reward_raw, term_raw = one_hot_heads(deter, index, self.decoder, self.reward_head,
+                                                      self.termination_head)
+            stoch = F.one_hot(index[0], self.config.classes).to(probs.dtype).flatten(-2)
+        else:  # differentiable (straight-through) samples, or Gaussian latents
+            if self.categorical:
+                samples = one_hot_sample(self._probs(raw_prior).unsqueeze(0).expand(k, -1, -1, -1), noise)
+            else:
+                prior = self._dist(raw_prior)
+                samples = self._sample(prior.unsqueeze(0).expand(k, -1, -1), noise.to(prior.dtype))
+            feats = torch.cat([deter.unsqueeze(0).expand(k, -1, -1), samples], -1)  # (K, B, F)
+            out, stoch = self.decoder(feats.flatten(0, 1)), samples[0]
+            reward_raw, term_raw = self.reward_head(feats[0]), self.termination_head(feats[0])
+        mean_n, std_n = self._obs_dist(out)
         # Predictions leave in float32 (physical units), also under bf16 autocast.
         mean_n, std_n = mean_n.float().unflatten(0, (k, b)), std_n.float().unflatten(0, (k, b))
-        spread = mean_n.std(0, unbiased=False) if k > 1 else torch.zeros_like(mean_n[0])
-        obs_noise = self._generator_noise(tuple(mean_n.shape[1:]), mean_n, generator, gumbel=False)
-        sample_n = mean_n[0] + std_n[0] * obs_noise
-        total_std = (std_n[0] ** 2 + spread**2).sqrt()
+        own_mean, own_std = mean_n[0], std_n[0]
+        sample_n = own_mean + own_std * obs_noise.to(own_mean.device)
+        if k > 1:
+            spread, center = mean_n.std(0, unbiased=False), mean_n.mean(0)
+            total_std = (own_std**2 + spread**2).sqrt()
+        else:  # "own"/"none", or a single sample: the decoder's std only, centered on the sample's own mean
+            spread, center, total_std = torch.zeros_like(own_mean), own_mean, own_std
         if not self.image_obs:
-            # Calibration scales the deviation from the mean over the K prior samples (latent and decoder
-            # noise together). The latent carries on unscaled: observations are not fed back.
-            center = mean_n.mean(0)
+            # Calibration scales the deviation from the center (latent and decoder noise together with the K
+            # spread samples, decoder noise alone without them). The latent carries on unscaled: observations
+            # are not fed back.
             sample_n = self.calibrate(state, center, sample_n)[1]
-            mean_n = torch.cat([self.calibrate(state, center, mean_n[0])[1].unsqueeze(0), mean_n[1:]])
+            own_mean = self.calibrate(state, center, own_mean)[1]
             total_std = self.calibration_scale(state) * total_std
+        if self.uncertainty == "none":
+            total_std = torch.zeros_like(total_std)
 
-        feat = feats[0]
-        reward_n = symexp(self.reward_head(feat).squeeze(-1).float())
+        reward_n = symexp(reward_raw.squeeze(-1).float())
         pred = Prediction(
             obs=self.units.clamp_plausible(self.units.denormalize_obs(self._to_obs_layout(sample_n))),
-            obs_mean=self.units.clamp_plausible(self.units.denormalize_obs(self._to_obs_layout(mean_n[0]))),
+            obs_mean=self.units.clamp_plausible(self.units.denormalize_obs(self._to_obs_layout(own_mean))),
             obs_std=self.units.denormalize_obs_std(self._to_obs_layout(total_std)),
             reward=self.units.denormalize_reward(reward_n),
-            terminated=torch.sigmoid(self.termination_head(feat).squeeze(-1).float()),
+            terminated=torch.sigmoid(term_raw.squeeze(-1).float()),
             uncertainty=spread.flatten(1).mean(-1),
         )
-        return {"deter": deter, "stoch": samples[0], "horizon": state["horizon"] + 1}, pred
+        return {"deter": deter, "stoch": stoch, "horizon": state["horizon"] + 1}, pred
 
     # -------------------------------------------------------------- training
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -348,18 +421,11 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
         act = self._encode_actions(previous_actions(batch.action, is_first), is_first)
         embed = self._embed(x)
 
-        initial = self._initial(b)
-        deter, stoch = initial
-        deters, stochs, priors, posts = [], [], [], []
-        for i in range(t):
-            deter, stoch, prior, post = self._obs_step(deter, stoch, act[:, i], embed[:, i], is_first[:, i],
-                                                       initial, sample=True)
-            deters.append(deter)
-            stochs.append(stoch)
-            priors.append(prior)
-            posts.append(post)
-        feat = torch.cat([torch.stack(deters, 1), torch.stack(stochs, 1)], -1)  # (B, T, F)
-        prior, post = torch.stack(priors, 1), torch.stack(posts, 1)
+        deter, stoch = self._initial(b)
+        noise = self._device_noise((t, b), embed)
+        deter, stoch, post = self._filter(deter, stoch, act, embed, is_first, noise)
+        feat = torch.cat([deter, stoch], -1)  # (B, T, F)
+        prior = self._dist(self.prior_net(deter))  # all steps at once: the prior does not feed back
 
         # Reconstruction: Gaussian NLL summed over channels (pixels), averaged over steps.
         mean, std = self._decode(feat.flatten(0, 1))
