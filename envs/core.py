@@ -55,8 +55,10 @@ class CoreConfig:
     "elites" the ensemble's disagreement (info `uncertainty`, needed by `uncertainty_penalty`), "own" only each
     sub-env's own member (info `uncertainty` 0, `obs_std` aleatoric: 3-5x faster at 1024 envs), "none" no
     spread at all (no `obs_std` in the info). None: "elites" with an `uncertainty_penalty`, else "own", the
-    fast path, since an env's consumer (an RL agent) reads only observations and rewards. Other model kinds
-    compute their own uncertainty whatever the choice; "none" still drops `obs_std`."""
+    fast path, since an env's consumer (an RL agent) reads only observations and rewards. The RSSM follows the
+    same choice ("elites": the spread of its `uncertainty_samples` prior samples; "own"/"none": only the
+    trajectory's sample is decoded, `uncertainty` 0). Diffusion and hybrid models compute their own uncertainty
+    whatever the choice; "none" still drops `obs_std`."""
     device: str | None = None
     """Device to run the model on; None keeps a loaded model where it is (a file is loaded on CPU)."""
     precision: Precision = "32-true"
