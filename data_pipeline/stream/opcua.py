@@ -358,6 +358,13 @@ class OpcUaSource:
                 f"node {self.nodes[k]!r} (channel {self.names[k]!r}) at t={ns} ns has status {_status_name(status)}; "
                 "a value of bad or uncertain quality is a missing reading (expected Good)"))
             return
+        if not isinstance(value, bool | int | float):  # a string, an array, bytes, a date, a structure: refused
+            # alone, so the other nodes' readings of this instant are kept (and json.dumps never sees what it cannot
+            # write: it failed the whole batch, at every flush after, and the stream stalled)
+            self._refused.append(StreamDataError(
+                f"node {self.nodes[k]!r} (channel {self.names[k]!r}) at t={ns} ns has a value of type "
+                f"{type(value).__name__}; expected a number"))
+            return
         column = self.columns[k]
         message = self._at.get(ns)
         if message is None or column in message:  # a second value of one node at one instant: its own message
@@ -370,9 +377,9 @@ class OpcUaSource:
         for refusal in self._refused:
             out.put((refusal, now))
         self._refused = []
-        if self._pending:
-            out.put((json.dumps(self._pending).encode(), now))
-            self._pending, self._at = [], {}
+        for message in self._pending:  # one payload per source time: a refused reading costs only its instant
+            out.put((json.dumps(message).encode(), now))
+        self._pending, self._at = [], {}
 
 
 class _Handler:
