@@ -187,6 +187,8 @@ class OpcUaSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
         self._thread: threading.Thread | None = None
+        self._plant_ids: set[Any] = set()
+        """The node ids the read nodes resolved to: never written, however a writer spells them."""
 
     # ------------------------------------------------------------------ Source
     def start(self, out: queue.Queue) -> None:
@@ -265,6 +267,7 @@ class OpcUaSource:
         await asyncio.wait_for(client.connect(), self.options.connect_timeout)
         try:
             nodes = [await self._resolve(client, k) for k in range(len(self.nodes))]
+            self._plant_ids = {node.nodeid for node in nodes}
             self._fresh = [True] * len(self.columns)
             sub = await client.create_subscription(self.options.publishing_ms, _Handler(self))
             requests = [ua.MonitoredItemCreateRequest(
@@ -317,6 +320,9 @@ class OpcUaSource:
 
         try:
             nodes = [client.get_node(node) for node, _, _ in values]
+            clash = [text for (text, _, _), node in zip(values, nodes, strict=True) if node.nodeid in self._plant_ids]
+            if clash:  # a read node named another way (a browse path in the spec, a node id here): never written
+                raise OpcUaError(f"node {clash[0]!r} is a node this source reads (the plant's); nothing written")
             data = [ua.DataValue(ua.Variant(value, ua.VariantType.Boolean if isinstance(value, bool)
                                             else ua.VariantType.Double),
                                  SourceTimestamp=ua.DateTime(1970, 1, 1, tzinfo=_dt.UTC)

@@ -83,3 +83,37 @@ def test_a_reading_the_decoder_refuses_costs_only_its_instant(stream: tuple[OpcU
     assert [r["cos_theta"] for r in readings] == [0.5, -0.5]
     assert len(refused) == 1 and "'cos_theta' is 7.0" in refused[0]
 
+
+
+class _Client:
+    """The part of asyncua's Client that `_write` uses: node ids parsed as asyncua parses them; writes recorded."""
+
+    def __init__(self) -> None:
+        from asyncua import Client
+
+        self.real = Client("opc.tcp://127.0.0.1:4840")
+        self.written: list[str] = []
+
+    def get_node(self, text: str) -> Any:
+        return self.real.get_node(text)
+
+    async def write_values(self, nodes: list[Any], data: list[Any]) -> None:
+        self.written += [n.nodeid.to_string() for n in nodes]
+
+
+def test_the_twin_never_writes_a_node_it_reads_however_it_is_spelled(stream: tuple[OpcUaSource, IngestSpec],
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The spec names theta_dot by its browse path; `--publish-opcua ns=2;s=Pendulum` then targets the same node
+    by its node id, which the string comparison of the publisher cannot see: the source refuses the write."""
+    import asyncio
+
+    source, _ = stream
+    assert "/Objects/2:Pendulum/2:theta_dot" in source.nodes
+    source._plant_ids = {ua.NodeId.from_string("ns=2;s=Pendulum.theta_dot")}  # what the browse path resolved to
+    client = _Client()
+    t = 1_700_000_000 * 10**9
+    asyncio.run(source._write(client, [("ns=2;s=Pendulum.score", 0.5, t), ("ns=2;s=Pendulum.theta_dot", 1.0, t)]))
+    assert client.written == [] and source.write_failures == 1
+    assert "'ns=2;s=Pendulum.theta_dot' is a node this source reads" in capsys.readouterr().err
+    asyncio.run(source._write(client, [("ns=2;s=Twin.score", 0.5, t), ("ns=2;s=Twin.theta_dot", 1.0, t)]))
+    assert client.written == ["ns=2;s=Twin.score", "ns=2;s=Twin.theta_dot"]
