@@ -18,6 +18,7 @@ from conftest import REPO, subprocess_env
 from gymnasium import spaces
 
 import worldmodel
+from data_pipeline.errors import UserError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Normalization
 from worldmodel.ensemble import EnsembleConfig, EnsembleWorldModel
@@ -86,3 +87,39 @@ def test_a_command_line_reports_the_bad_file_in_one_line(tmp_path: Path) -> None
     assert proc.returncode == 1, proc.stderr
     assert lines[-1].startswith(f"python -m twin.mcp: error: {path}: damaged or incomplete model file"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def hybrid_file(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The model-file dict of an (untrained) hybrid pendulum model."""
+    from data_pipeline.record import record
+    from data_pipeline.store import TrajectoryStore
+    from data_pipeline.windows import normalization_for
+    from worldmodel.hybrid import HybridConfig, HybridWorldModel
+
+    path = str(tmp_path_factory.mktemp("hybrid-hostile") / "p.zarr")
+    record("Pendulum-v1", 1, path, seed=0, max_episode_steps=10, progress=False).close()
+    with TrajectoryStore.open(path) as store:
+        torch.manual_seed(0)
+        model = HybridWorldModel(HybridConfig(prior="examples.priors.pendulum:PendulumPrior"), store.schema,
+                                 normalization_for(store, np.arange(store.num_episodes)))
+    return model.checkpoint_dict()
+
+
+@pytest.mark.parametrize("prior", ["this:Zen", "http.server:test", "twin.mcp.__main__:main"])
+def test_a_model_file_naming_a_module_with_side_effects_as_prior_imports_nothing(
+        hybrid_file: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prior: str) -> None:
+    """Importing runs a module's top-level code (`this` prints, `antigravity` opens a browser, a `__main__` runs
+    a command line): a model file naming one as its prior is refused before the import."""
+    module = prior.split(":")[0]
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    data = {**hybrid_file, "config": json.dumps({**json.loads(hybrid_file["config"]), "prior": prior})}
+    torch.save(data, tmp_path / "model.pt")
+    with pytest.raises(UserError, match=f"physics prior '{prior}': .* not a prior; .*nothing was imported"):
+        worldmodel.load(str(tmp_path / "model.pt"))
+    assert module not in sys.modules
+
+
+def test_a_hybrid_model_file_naming_an_installed_prior_still_loads(hybrid_file: dict[str, Any], tmp_path: Path) -> None:
+    torch.save(hybrid_file, tmp_path / "model.pt")
+    assert worldmodel.load(str(tmp_path / "model.pt")).config.prior == "examples.priors.pendulum:PendulumPrior"
