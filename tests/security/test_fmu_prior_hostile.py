@@ -22,6 +22,7 @@ def test_a_count_below_one_is_named(tmp_path: Path, option: str, value: str) -> 
               str(tmp_path / "s.zarr"), option, value])
 
 
+@pytest.mark.slow
 def test_the_command_line_says_it_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "worldmodel.fmu_prior", "--fmu", "osc.fmu", "--config", "c.yaml",
                            "--store", "s.zarr", "--horizon", "0"], cwd=tmp_path, env=subprocess_env(),

@@ -78,6 +78,7 @@ def test_a_good_calibration_still_loads(tmp_path: Path) -> None:
     torch.testing.assert_close(worldmodel.load(str(path)).calibration, scale)
 
 
+@pytest.mark.slow
 def test_a_command_line_reports_the_bad_file_in_one_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "nan", HOSTILE["nan-calibration"])
     proc = subprocess.run([sys.executable, "-m", "twin.mcp", "--model", str(path), "--store", str(tmp_path / "none"),
