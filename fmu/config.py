@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, FiniteFloat, field_validator, model_validator
 
 from data_pipeline.specfile import Spec, load_spec_file
 
-Value = float | tuple[float, float]
-"""A fixed value, or a [low, high] range drawn uniformly at every reset."""
+Value = FiniteFloat | tuple[FiniteFloat, FiniteFloat]
+"""A fixed value, or a [low, high] range drawn uniformly at every reset (finite: a NaN or an infinity set in an
+FMU, or bounding an action space, would only show up as NaN rows in the recorded store)."""
 
 
 class ActionChannel(Spec):
@@ -32,9 +33,9 @@ class ActionChannel(Spec):
 
     name: str = Field(min_length=1)
     """The FMU variable's name (causality "input")."""
-    low: float
+    low: FiniteFloat
     """Smallest action value (the action space's bound)."""
-    high: float
+    high: FiniteFloat
     """Largest action value."""
     unit: str | None = None
     """Expected unit; given, it must equal the FMU's declared unit."""
@@ -66,7 +67,7 @@ class FMUConfig(Spec):
     """Parameter values set before initialization: a number, or [low, high] drawn at every reset."""
     start: dict[str, Value] = Field(default_factory=dict)
     """Start values (e.g. of states) set before initialization: a number, or [low, high] per reset."""
-    dt: float = Field(gt=0)
+    dt: FiniteFloat = Field(gt=0)
     """Communication step in seconds: the FMU advances this much per env step."""
     max_episode_steps: int = Field(default=200, ge=1)
     """Episodes are truncated after this many steps."""

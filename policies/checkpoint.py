@@ -86,7 +86,18 @@ class LoopState:
 
     @classmethod
     def load(cls, path: Path) -> LoopState:
-        return cls(**json.loads(path.read_text()))
+        """The state of a run to resume; a damaged or hand-edited file is an OutDirError naming it."""
+        try:
+            data = json.loads(path.read_text())
+            state = cls(**data)
+            if not (isinstance(state.model, str) and isinstance(state.iteration, int)
+                    and isinstance(state.iteration_steps, int) and isinstance(state.curve, list)):
+                raise TypeError("a field has the wrong type")
+        except (ValueError, TypeError) as err:  # not JSON, not an object, unknown or missing keys, wrong types
+            raise OutDirError(f"{path}: not the state of a policy run ({type(err).__name__}: {err}); expected the "
+                              "state.json a run wrote (keys model, iteration, iteration_steps, run_id, curve). "
+                              "Choose a new --out_dir for a new run") from None
+        return state
 
     def save(self, path: Path) -> None:
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(asdict(self))))

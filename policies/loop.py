@@ -143,7 +143,7 @@ def _iteration(cfg: PolicyConfig, state: LoopState, state_file: Path, agent_file
                ) -> tuple[BaseAlgorithm, float]:
     """One loop iteration: learn in the model, evaluate, collect real episodes and refit; the agent and the
     iteration's return. A stop signal ends it at the next learned-env step or phase boundary, checkpointed."""
-    from data_pipeline.record import record
+    from data_pipeline.record import RecordInterrupted, record
     from envs.sb3 import make_sb3_env
 
     t0 = time.time()
@@ -192,15 +192,18 @@ def _iteration(cfg: PolicyConfig, state: LoopState, state_file: Path, agent_file
     if cfg.real_env and iteration < cfg.iterations - 1:
         # Collect real data with the current policy, then refit the model on the grown store.
         behaviour = make_policy(str(agent_file), agent.action_space)
-        record(cfg.real_env, cfg.collect_episodes, cfg.store, policy=behaviour,
-               seed=cfg.seed * 1000 + 500 + iteration * cfg.collect_episodes, append=True,
-               progress=False).close()
         try:
+            record(cfg.real_env, cfg.collect_episodes, cfg.store, policy=behaviour,
+                   seed=cfg.seed * 1000 + 500 + iteration * cfg.collect_episodes, append=True,
+                   progress=False).close()
             state.model = refit(state.model, cfg.store, cfg, Path(cfg.out_dir), iteration)
-        except SIGTERMException:  # Lightning's own SIGTERM stop inside the refit: learning is done, redo the rest
+        except (SIGTERMException, RecordInterrupted) as err:
+            # record's or Lightning's own stop on SIGTERM (they take the signal from StopSignals while they run):
+            # learning is done (the collected episodes are committed), so a resume redoes only the rest
             state.iteration, state.iteration_steps = iteration, cfg.timesteps
             state.save(state_file)
-            raise preempted(signals.signum or signal.SIGTERM, state, state_file) from None
+            signum = err.signum if isinstance(err, RecordInterrupted) else signals.signum or signal.SIGTERM
+            raise preempted(signum, state, state_file) from None
     state.iteration = iteration + 1
     state.save(state_file)
     if signals.signum is not None:  # arrived during evaluation or collection: the iteration is complete

@@ -228,11 +228,26 @@ class Calibration:
         except json.JSONDecodeError as err:
             raise AnomalyError(f"{path}: not a calibration file ({err}); expected the JSON written by "
                                "`python -m twin.calibrate`") from None
+        if not isinstance(data, dict):
+            raise AnomalyError(f"{path}: holds a JSON {type(data).__name__}; expected the object written by "
+                               "`python -m twin.calibrate`")
         missing = {"threshold", "false_alarm_rate"} - set(data)
         if missing:
             raise AnomalyError(f"{path}: calibration file lacks {sorted(missing)}; expected the output of "
                                "`python -m twin.calibrate`")
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        # A NaN or a string threshold would silence every alert (or fail mid-stream), far from this file.
+        for key in ("threshold", "false_alarm_rate"):
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise AnomalyError(f"{path}: {key} is {value!r}; expected a finite number (the output of "
+                                   "`python -m twin.calibrate`)")
+        calibration = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        try:
+            calibration.anomaly_config()
+        except TypeError as err:
+            raise AnomalyError(f"{path}: config {calibration.config!r} is not an anomaly config ({err}); expected "
+                               "the output of `python -m twin.calibrate`") from None
+        return calibration
 
 
 def calibrate(model: WorldModel, episodes: list[tuple[np.ndarray, np.ndarray]],

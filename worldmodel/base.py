@@ -101,8 +101,16 @@ class ModelBase(nn.Module, Generic[ConfigT]):
         key = prefix + "calibration"
         if key not in state_dict:
             state_dict[key] = torch.ones(0, self.obs_dim)
-        elif state_dict[key].shape != self.calibration.shape:
-            self.calibration = torch.empty_like(state_dict[key], device=self.calibration.device)
+        scale = state_dict[key]
+        # The file is not trusted: scales that are not (L, obs_dim), not finite or negative would fail or turn
+        # every imagined sample into NaN later, far from the file that caused it.
+        if not (isinstance(scale, torch.Tensor) and scale.dim() == 2 and scale.shape[1] == self.obs_dim
+                and scale.is_floating_point() and bool(torch.isfinite(scale).all()) and bool((scale >= 0).all())):
+            found = (f"shape {tuple(scale.shape)}, {scale.dtype}" if isinstance(scale, torch.Tensor)
+                     else type(scale).__name__)
+            raise ValueError(f"state_dict[{key!r}] ({found}): expected finite scales >= 0 of shape (L, {self.obs_dim})")
+        if scale.shape != self.calibration.shape:
+            self.calibration = torch.empty_like(scale, dtype=torch.float32, device=self.calibration.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property

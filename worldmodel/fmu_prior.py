@@ -195,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None,
                         help="write the config with the calibrated values fixed here (an existing file is refused)")
     args = parser.parse_args(argv)
+    for option, value in (("--horizon", args.horizon), ("--windows", args.windows)):
+        if value < 1:
+            raise InputError(f"{option} {value}: expected a positive number of "
+                             + ("steps" if option == "--horizon" else "windows"))
     if args.out is not None and Path(args.out).exists():
         raise InputError(f"--out {args.out}: exists; expected a new file (nothing is overwritten)")
     prior = FMUPrior(args.fmu, args.config)

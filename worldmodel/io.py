@@ -122,11 +122,18 @@ def load(source: str, map_location: str | torch.device = "cpu") -> ModelBase[Any
     """Rebuild any world model from its file alone: a path, a Lightning checkpoint of train.py,
     or an MLflow model URI (`runs:/…`, `models:/…`). A config key the model does not know is an error."""
     data = read_checkpoint(source, map_location)
-    config = config_from_file(data["model_type"], json.loads(data["config"]), source)
-    schema = StoreSchema.from_attrs(json.loads(data["schema"]))
-    normalization = Normalization.from_dict(json.loads(data["normalization"]))
-    model = build_model(data["model_type"], config, schema, normalization)
-    model.load_state_dict(data["state_dict"])
+    try:
+        config = config_from_file(data["model_type"], json.loads(data["config"]), source)
+        schema = StoreSchema.from_attrs(json.loads(data["schema"]))
+        normalization = Normalization.from_dict(json.loads(data["normalization"]))
+        model = build_model(data["model_type"], config, schema, normalization)
+        model.load_state_dict(data["state_dict"])
+    except UserError:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:  # a damaged or crafted file
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{source}: damaged or incomplete model file ({type(err).__name__}: {detail}); "
+                              "expected a model.pt written by train.py (worldmodel.save)") from err
     model.to(map_location)
     model.eval()
     return model

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -76,6 +77,15 @@ def has_step(prior: object) -> bool:
 
 def load_prior(spec: str) -> PhysicsPrior:
     """Construct the prior class named `module:Class`; one clear error if it breaks the contract."""
+    module = spec.split(":", 1)[0]
+    # A model file names its prior, and importing runs the module's top-level code: a module of Python's own
+    # library (`this`, `antigravity` opens a browser, `idlelib.idle` a window) or a package's `__main__` (its
+    # command line) is never a prior, so it is refused unimported.
+    if module.split(".")[0] in sys.stdlib_module_names or "__main__" in module.split("."):
+        raise InputError(f"physics prior {spec!r}: {module!r} is "
+                         + ("a command line" if "__main__" in module.split(".") else "a module of Python's library")
+                         + ", not a prior; expected the module:Class of a prior you installed (see docs/hybrid.md); "
+                           "nothing was imported")
     cls = import_function(spec)
     # A model file names its prior: only a class with the prior's methods is constructed, never another callable.
     if not (inspect.isclass(cls) and all(callable(getattr(cls, m, None)) for m in ("obs_to_state", "state_to_obs"))

@@ -187,6 +187,8 @@ class OpcUaSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
         self._thread: threading.Thread | None = None
+        self._plant_ids: set[Any] = set()
+        """The node ids the read nodes resolved to: never written, however a writer spells them."""
 
     # ------------------------------------------------------------------ Source
     def start(self, out: queue.Queue) -> None:
@@ -265,6 +267,7 @@ class OpcUaSource:
         await asyncio.wait_for(client.connect(), self.options.connect_timeout)
         try:
             nodes = [await self._resolve(client, k) for k in range(len(self.nodes))]
+            self._plant_ids = {node.nodeid for node in nodes}
             self._fresh = [True] * len(self.columns)
             sub = await client.create_subscription(self.options.publishing_ms, _Handler(self))
             requests = [ua.MonitoredItemCreateRequest(
@@ -317,6 +320,9 @@ class OpcUaSource:
 
         try:
             nodes = [client.get_node(node) for node, _, _ in values]
+            clash = [text for (text, _, _), node in zip(values, nodes, strict=True) if node.nodeid in self._plant_ids]
+            if clash:  # a read node named another way (a browse path in the spec, a node id here): never written
+                raise OpcUaError(f"node {clash[0]!r} is a node this source reads (the plant's); nothing written")
             data = [ua.DataValue(ua.Variant(value, ua.VariantType.Boolean if isinstance(value, bool)
                                             else ua.VariantType.Double),
                                  SourceTimestamp=ua.DateTime(1970, 1, 1, tzinfo=_dt.UTC)
@@ -358,6 +364,13 @@ class OpcUaSource:
                 f"node {self.nodes[k]!r} (channel {self.names[k]!r}) at t={ns} ns has status {_status_name(status)}; "
                 "a value of bad or uncertain quality is a missing reading (expected Good)"))
             return
+        if not isinstance(value, bool | int | float):  # a string, an array, bytes, a date, a structure: refused
+            # alone, so the other nodes' readings of this instant are kept (and json.dumps never sees what it cannot
+            # write: it failed the whole batch, at every flush after, and the stream stalled)
+            self._refused.append(StreamDataError(
+                f"node {self.nodes[k]!r} (channel {self.names[k]!r}) at t={ns} ns has a value of type "
+                f"{type(value).__name__}; expected a number"))
+            return
         column = self.columns[k]
         message = self._at.get(ns)
         if message is None or column in message:  # a second value of one node at one instant: its own message
@@ -370,9 +383,9 @@ class OpcUaSource:
         for refusal in self._refused:
             out.put((refusal, now))
         self._refused = []
-        if self._pending:
-            out.put((json.dumps(self._pending).encode(), now))
-            self._pending, self._at = [], {}
+        for message in self._pending:  # one payload per source time: a refused reading costs only its instant
+            out.put((json.dumps(message).encode(), now))
+        self._pending, self._at = [], {}
 
 
 class _Handler:

@@ -113,9 +113,16 @@ def serve(sources: Sources, host: str, port: int) -> None:
     from twin.dashboard.app import TITLE, page
 
     origins = [f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
-    server: Any = pn.serve({"/": lambda: page(sources)}, port=port, address=host, show=False, start=False,
-                           title=TITLE, websocket_origin=origins if host in (LOOPBACK, "localhost") else "*",
-                           verbose=False)
+    try:
+        server: Any = pn.serve({"/": lambda: page(sources)}, port=port, address=host, show=False, start=False,
+                               title=TITLE, websocket_origin=origins if host in (LOOPBACK, "localhost") else "*",
+                               verbose=False)
+    except OSError as err:  # a port in use (another dashboard?), an address not of this machine
+        if sources.feed is not None:
+            sources.feed.close()  # what the live mirror received so far is committed
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); expected a free "
+                         "port on an address of this machine (another dashboard may be running: pick another --port)"
+                         ) from None
     server.start()
     loop = server.io_loop
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -153,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: expected a port number 1..65535 (0: any free port)")
     host = check_host(args.host)
     sources = build_sources(args)
     serve(sources, host, args.port)

@@ -21,6 +21,11 @@ from data_pipeline.errors import UserError
 T = TypeVar("T")
 
 
+MAX_CONTEXT = 256
+"""Recorded rows a call may assimilate before its start (a spec's `context`, the tools' `context`): the rows are
+read into memory whole, so an agent's `context: 1e9` must be refused before they are."""
+
+
 class LimitError(UserError, ValueError):
     """A request over one of the server's compute caps, or a call that ran past the timeout."""
 

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from data_pipeline.errors import UserError
 from twin.mcp import results as r
-from twin.mcp.limits import Runner
+from twin.mcp.limits import MAX_CONTEXT, Runner
 from twin.mcp.tools import TwinTools
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ EpisodeArg = Annotated[int | str | None, Field(
     description="start episode: position in the store's episode table or its id (default: the newest episode)")]
 RowArg = Annotated[int | None, Field(ge=0, description="start row inside the episode (default: its last row)")]
 Seed = Annotated[int, Field(ge=0, description="random seed (same seed, same answer)")]
-Context = Annotated[int, Field(ge=1, le=256, description="recorded rows the twin assimilates before the start")]
+Context = Annotated[int, Field(ge=1, le=MAX_CONTEXT, description="recorded rows the twin assimilates before the start")]
 
 
 def build_server(tools: TwinTools) -> MCPServer:

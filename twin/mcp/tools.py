@@ -28,7 +28,7 @@ from scenarios.outcomes import Condition, ScenarioSpecError
 from scenarios.spec import HistoryStart, ScenarioSpec
 from twin.anomaly import AnomalyConfig, Calibration
 from twin.mcp import results as r
-from twin.mcp.limits import Limits
+from twin.mcp.limits import MAX_CONTEXT, LimitError, Limits
 from twin.mcp.live import LiveFeed
 from twin.mcp.planning import CEMConfig, Objective, Outcome, plan_cem, plan_policy
 from twin.mcp.state import latest_state
@@ -203,6 +203,9 @@ class TwinTools:
     def _spec(self, data: dict[str, Any], source: str) -> ScenarioSpec:
         """The spec from JSON, with generate.py's validation, minus what a server must not do for an agent."""
         spec = parse_spec(data, source, text=json.dumps(data))
+        if spec.context > MAX_CONTEXT:
+            raise LimitError(f"{source}: context {spec.context} is over the server's cap of {MAX_CONTEXT} recorded "
+                             "rows; ask for a shorter context")
         for start in spec.starts:
             if isinstance(start, HistoryStart):
                 raise ScenarioSpecError(f"{source}: {start.key}: history files are not read by the MCP server; "
