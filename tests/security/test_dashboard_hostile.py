@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,3 +54,24 @@ def test_the_command_line_says_it_in_one_line(store: str, taken_port: int, tmp_p
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"python -m twin.dashboard: error: --host 127.0.0.1 --port {taken_port}: cannot listen there")
+
+
+def test_the_page_accepts_only_named_origins_on_any_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bound to 0.0.0.0 the websocket still refuses other web pages: only the bind address, loopback and each
+    --allow-origin are accepted, never "*" (another page the operator opens could read the plant's data)."""
+    import panel as pn
+
+    from twin.dashboard.__main__ import serve
+
+    seen: dict = {}
+
+    def fake_serve(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(pn, "serve", fake_serve)
+    sources = types.SimpleNamespace(feed=None)
+    with pytest.raises(InputError):
+        serve(sources, "0.0.0.0", 5006, ["scada-pc.plant.local:5006"])  # type: ignore[arg-type]
+    assert seen["websocket_origin"] == ["0.0.0.0:5006", "localhost:5006", "127.0.0.1:5006",
+                                        "scada-pc.plant.local:5006"]

@@ -106,16 +106,19 @@ def build_sources(args: argparse.Namespace) -> Sources:
         raise
 
 
-def serve(sources: Sources, host: str, port: int) -> None:
-    """Serve the page until SIGINT / SIGTERM; then stop the live mirror (it commits) and return."""
+def serve(sources: Sources, host: str, port: int, allow_origins: list[str] | None = None) -> None:
+    """Serve the page until SIGINT / SIGTERM; then stop the live mirror (it commits) and return.
+
+    The page's websocket accepts only the origins named here (the bind address, loopback and each
+    `--allow-origin`), never any origin: another web page the operator opens cannot read the plant's data."""
     import panel as pn
 
     from twin.dashboard.app import TITLE, page
 
-    origins = [f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
+    origins = [f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"] + list(allow_origins or [])
     try:
         server: Any = pn.serve({"/": lambda: page(sources)}, port=port, address=host, show=False, start=False,
-                               title=TITLE, websocket_origin=origins if host in (LOOPBACK, "localhost") else "*",
+                               title=TITLE, websocket_origin=origins,
                                verbose=False)
     except OSError as err:  # a port in use (another dashboard?), an address not of this machine
         if sources.feed is not None:
@@ -155,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=LOOPBACK,
                    help="address to listen on (default 127.0.0.1, this machine only; another one is shown a warning)")
     p.add_argument("--port", type=int, default=5006, help="port to listen on")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="HOST:PORT",
+                   help="with --host: an address browsers reach the page by (e.g. scada-pc.plant.local:5006); "
+                        "repeatable. Pages served from any other origin are refused")
     return p
 
 
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--port {args.port}: expected a port number 1..65535 (0: any free port)")
     host = check_host(args.host)
     sources = build_sources(args)
-    serve(sources, host, args.port)
+    serve(sources, host, args.port, args.allow_origin)
     return 0
 
 
