@@ -20,7 +20,8 @@ the networks see which slots are real. Training includes such padded histories (
 targets of every window), so a model can start from a single observation.
 
 Cost: one imagined step is `num_steps` network calls on B · `spread_samples` rows (samples drawn in
-one batched call); `spread_samples: 1` makes a step S times cheaper but reports no uncertainty.
+one batched call; the noise level, one per call, is embedded once); `spread_samples: 1` makes a step S
+times cheaper but reports no uncertainty and leaves calibration nothing to scale.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class DiffusionConfig:
     solver: Literal["euler", "dpm"] = "euler"
     """Sampler: diffusers' EDMEulerScheduler or EDMDPMSolverMultistepScheduler (2nd-order DPM-Solver++)."""
     sigma_data: float = 0.5
-    """EDM σ_data: the assumed standard deviation of the (normalized) target."""
+    """EDM σ_data: the standard deviation of the target. With `residual` that is the per-step change in
+    z-scores, often far below 1 (Pendulum: ~0.18, so its config sets 0.2 with `train_sigma_mean` -1.8):
+    a σ_data several times the target's std trains mostly at noise levels that hide it (bench_diffusion)."""
     sigma_min: float = 2e-3
     """Smallest noise level of the sampling schedule."""
     sigma_max: float = 5.0

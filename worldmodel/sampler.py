@@ -56,6 +56,7 @@ class EDMSampler:
         x = torch.randn(shape, generator=generator, device="cpu").to(device) * float(scheduler.sigmas[0])
         for t in scheduler.timesteps:  # t = c_noise(σ) = ¼ ln σ, from σ_max down to σ_min
             model_input = scheduler.scale_model_input(x, t)  # c_in(σ) · x
-            out = model_output(model_input, t.expand(shape[0]))  # F(c_in · x, c_noise)
+            # One noise level for every row: c_noise (1,) broadcasts, so the networks embed it once.
+            out = model_output(model_input, t.reshape(1))  # F(c_in · x, c_noise)
             x = scheduler.step(out.float(), t, x).prev_sample  # D = c_skip · x + c_out · F, then one ODE step
         return x

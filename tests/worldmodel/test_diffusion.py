@@ -16,7 +16,7 @@ from gymnasium import spaces
 import worldmodel
 from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Batch, Normalization
-from worldmodel.denoiser import edm_coefficients, edm_denoise
+from worldmodel.denoiser import ImageDenoiser, edm_coefficients, edm_denoise
 from worldmodel.diffusion import DiffusionConfig, DiffusionWorldModel
 from worldmodel.interface import previous_actions
 
@@ -24,6 +24,7 @@ OBS_DIM, ACT_DIM, N_ACTIONS, IMG = 3, 2, 3, 32
 
 
 def _schema(kind: str) -> StoreSchema:
+    obs_space: spaces.Box
     if kind == "image":
         obs_space = spaces.Box(0, 255, (IMG, IMG, 3), np.uint8)
     else:
@@ -80,7 +81,9 @@ def _batch(kind: str, b: int = 4, t: int = 10, seed: int = 0) -> Batch:
 
 
 def _obs(kind: str, batch: Batch) -> torch.Tensor:
-    return batch.image if kind == "image" else batch.obs
+    obs = batch.image if kind == "image" else batch.obs
+    assert obs is not None
+    return obs
 
 
 def _rollout(model: DiffusionWorldModel, kind: str, batch: Batch, seed: int, context: int = 4, horizon: int = 3):
@@ -214,6 +217,7 @@ def test_image_loss_is_finite_and_has_gradients() -> None:
     loss.backward()
     assert torch.isfinite(loss)
     assert set(metrics) == {"denoise_loss", "denoised_mse", "reward_mse", "termination_bce"}
+    assert isinstance(model.denoiser, ImageDenoiser)
     assert model.denoiser.unet.conv_in.weight.grad is not None
 
 
