@@ -36,6 +36,9 @@ from worldmodel.evaluation import coverage90, rollout_samples, start_rollouts
 TARGET = 0.90
 MIN_WINDOWS = 4
 """Fewer held-out windows than this cannot place a 90% band (one window moves coverage by 25%)."""
+ENOUGH_WINDOWS = 32
+"""The calibration horizon is shortened until this many windows (or as many as 1-step windows give) hold it:
+a band fitted on the one unusually long episode of a short-episode split does not transfer (issue 14's zoo)."""
 GRID = torch.logspace(-2, 2, 161)
 """Candidate scales, 0.01…100 (about 6% apart)."""
 
@@ -125,22 +128,42 @@ def fit_calibration(model: ModelBase[Any], windows: Batch, context: int, horizon
     return scale
 
 
+def _split_episodes(datamodule: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(first rows, lengths) of a split's episodes."""
+    with TrajectoryStore.open(datamodule.store_path, storage_options=datamodule.storage_options) as store:
+        table = store.episodes()
+        pos = np.asarray(datamodule.split[split], np.int64)
+        return table["start"].to_numpy(np.int64)[pos], table["length"].to_numpy(np.int64)[pos]
+
+
+def _starts(firsts: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
+    """Window starts every `length // 4` rows in every episode that holds `length` rows (all windows)."""
+    stride = max(1, length // 4)
+    parts = [s + np.arange(0, n - length + 1, stride) for s, n in zip(firsts, lengths, strict=True)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def calibration_horizon(lengths: np.ndarray, context: int, longest: int) -> int:
+    """The longest horizon ≤ `longest` that at least `ENOUGH_WINDOWS` windows of the split hold (or as many as
+    the 1-step windows, when fewer); 0 when not even one episode holds context + 1 rows."""
+    def count(h: int) -> int:
+        return len(_starts(np.zeros(len(lengths), np.int64), lengths, context + h))
+
+    enough = min(ENOUGH_WINDOWS, count(1))
+    return max((h for h in range(1, longest + 1) if enough and count(h) >= enough), default=0)
+
+
 def calibration_windows(datamodule: Any, split: str, length: int, max_windows: int) -> Batch | None:
     """Up to `max_windows` windows of `length` rows from a split's episodes, starting every `length // 4` rows
     (overlapping: a validation split of a few long episodes still gives enough starts to place a band),
     spread evenly over the split; None when no episode holds one."""
-    stride = max(1, length // 4)
+    starts = _starts(*_split_episodes(datamodule, split), length)
+    if not len(starts):
+        return None
+    if len(starts) > max_windows:
+        starts = starts[np.unique(np.linspace(0, len(starts) - 1, max_windows).round().astype(np.int64))]
+    starts = np.sort(starts)
     with TrajectoryStore.open(datamodule.store_path, storage_options=datamodule.storage_options) as store:
-        table = store.episodes()
-        pos = np.asarray(datamodule.split[split], np.int64)
-        firsts, lengths = table["start"].to_numpy(np.int64)[pos], table["length"].to_numpy(np.int64)[pos]
-        parts = [s + np.arange(0, n - length + 1, stride) for s, n in zip(firsts, lengths, strict=True)]
-        starts = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        if not len(starts):
-            return None
-        if len(starts) > max_windows:
-            starts = starts[np.unique(np.linspace(0, len(starts) - 1, max_windows).round().astype(np.int64))]
-        starts = np.sort(starts)
         return next(iter(FixedWindows(store, starts, window=length, batch_size=len(starts),
                                       cache_bytes=EVAL_CACHE_BYTES)))
 
@@ -162,16 +185,17 @@ def calibrate_split(model: ModelBase[Any], datamodule: Any, split: str, context:
     if samples < 2:
         return CalibrationFit(note=f"model.eval_samples {samples}: a band needs at least 2 samples")
     longest = datamodule.longest_episode(split)
-    horizon = min(max(horizons), longest - context)
-    if horizon < 1:
+    if longest - context < 1:
         return CalibrationFit(note=f"the longest {split} episode has {longest} rows; calibration needs more than "
                                    f"model.eval_context {context}")
+    lengths = _split_episodes(datamodule, split)[1]
+    horizon = calibration_horizon(lengths, context, min(max(horizons), longest - context))
     windows = calibration_windows(datamodule, split, context + horizon, max_windows)
     n = 0 if windows is None else windows.batch_size
     if windows is None or n < MIN_WINDOWS:
         return CalibrationFit(note=f"{n} {split} windows of {context + horizon} rows; calibration needs at least "
                                    f"{MIN_WINDOWS}")
-    kept = tuple(h for h in horizons if h <= horizon) or (horizon,)
+    kept = tuple(sorted({h for h in horizons if h <= horizon} | {horizon}))  # the fitted horizon reported too
     before = _coverage_by_horizon(model, windows, context, kept, samples, seed + 1)
     previous = model.calibration.clone()
     if fit_calibration(model, windows, context, horizon, samples, seed) is None:

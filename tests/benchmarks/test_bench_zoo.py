@@ -21,7 +21,8 @@ from data_pipeline.ingest import ingest_file
 from data_pipeline.record import record
 from data_pipeline.store import TrajectoryStore
 from data_pipeline.windows.datamodule import WindowDataModule
-from worldmodel.kinds import build_model, model_classes
+from worldmodel.calibration import calibrate_split, calibration_horizon
+from worldmodel.kinds import build_model, model_classes, resolve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_zoo.py"
@@ -133,6 +134,26 @@ def test_short_episodes_are_scored_where_enough_of_them_reach_not_on_a_few_long_
     assert zoo.horizon(np.array([20] * 5), context=4, target=50) == 16  # few episodes: all of them count
     assert zoo.horizon(np.array([60] * 40), context=4, target=50) == 50
     assert zoo.horizon(np.array([4, 3]), context=4, target=10) == 0  # none holds context + 1: said, not scored
+
+
+def test_calibration_horizon_is_the_one_enough_validation_windows_hold() -> None:
+    lengths = np.array([20] * 40 + [60])  # a short-episode split and one long episode
+    # 41 windows of 8 + 12 rows (40 short episodes + starts every 5 rows in the long one); only 8 of 8 + 13.
+    assert calibration_horizon(lengths, context=8, longest=50) == 12
+    assert calibration_horizon(np.array([300] * 3), context=8, longest=50) == 50  # long episodes: overlapping starts
+    assert calibration_horizon(np.array([10, 12]), context=8, longest=4) == 2  # few windows: as many as 1 step has
+
+
+def test_a_short_episode_split_is_calibrated_not_skipped_for_its_one_long_episode(tmp_path: Path) -> None:
+    """CartPole under a random policy: ~22-step episodes, a rare long one. The zoo's cartpole fit skipped its
+    calibration ("1 val windows of 44 rows") and covered 100% of the test truth at h10."""
+    out = str(tmp_path / "cartpole.zarr")
+    record("CartPole-v1", episodes=60, out=out, seed=0, progress=False)
+    dm = WindowDataModule(store=out, split_seed=0)
+    model = build_model("ensemble", resolve_config("ensemble", {"preset": "tiny"}), dm.schema, dm.normalization)
+    fit = calibrate_split(model, dm, "val", context=8, horizons=(1, 5, 10, 25, 50), samples=8, max_windows=64)
+    assert fit.after and model.calibrated, fit.report()
+    assert fit.windows >= 32 and max(fit.after) < dm.longest_episode("val") - 8
 
 
 def test_fit_output_without_an_evaluation_is_flagged_silent() -> None:
