@@ -109,6 +109,8 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
     uncertainty: Uncertainty = "elites"
     """What `step` computes beside the samples (see `Uncertainty`); callers set it with `uncertainty_mode`."""
     elite_idx: torch.Tensor
+    target_scale: torch.Tensor
+    target_scale_set: torch.Tensor
 
     def __init__(self, config: EnsembleConfig, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__(config, schema, normalization)
@@ -126,6 +128,25 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         self.max_logvar = nn.Parameter(torch.full((1, 1, self.d_out), config.max_logvar))
         self.min_logvar = nn.Parameter(torch.full((1, 1, self.d_out), config.min_logvar))
         self.register_buffer("elite_idx", torch.arange(config.elites))
+        # The network predicts Δobs and reward divided by `target_scale`, their per-channel std measured on the
+        # first training batch, so its outputs are of order 1 on every system. A per-step change is a small
+        # fraction of the channel's std (5-35% on CartPole, ~1% on a slow plant); predicted in those units the
+        # members learned the mean poorly (issue 14's zoo, CartPole: h1 nRMSE 0.0038 unscaled, 0.0008 scaled).
+        self.register_buffer("target_scale", torch.ones(self.d_out))
+        self.register_buffer("target_scale_set", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A file written before `target_scale` existed predicts unscaled targets (scale 1); a scale that is
+        not finite and positive of shape (obs_dim + 1,) is refused (the file is not trusted)."""
+        key = prefix + "target_scale"
+        if key not in state_dict:
+            state_dict[key], state_dict[prefix + "target_scale_set"] = torch.ones(self.d_out), torch.tensor(True)
+        scale = state_dict[key]
+        if not (isinstance(scale, torch.Tensor) and scale.shape == (self.d_out,) and scale.is_floating_point()
+                and bool(torch.isfinite(scale).all()) and bool((scale > 0).all())):
+            found = f"shape {tuple(scale.shape)}" if isinstance(scale, torch.Tensor) else type(scale).__name__
+            raise ValueError(f"state_dict[{key!r}] ({found}): expected finite scales > 0 of shape ({self.d_out},)")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -------------------------------------------------------------- network
     def forward(
@@ -143,7 +164,7 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         # Soft-bounded log-variance (PETS appendix A.1).
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar, term.squeeze(-1)
+        return mean * self.target_scale, logvar + 2 * self.target_scale.log(), term.squeeze(-1)
 
     def _elites(self, obs_n: torch.Tensor, action_feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every elite member on the same inputs: (K, B, …). Non-elite members are never run."""
@@ -272,9 +293,20 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         term = batch.terminated[:, 1:].reshape(-1).float()
         return x_obs, x_act, target, term
 
+    def _set_target_scale(self, target: torch.Tensor) -> None:
+        """Measure `target_scale` once, on the first training batch. A channel that (nearly) never changes keeps
+        scale 1: dividing by its ~0 std would only amplify rounding (CartPole's constant reward)."""
+        if not bool(self.target_scale_set) and target.shape[0] > 1:
+            std = target.detach().float().std(0)
+            self.target_scale.copy_(torch.where(std > 1e-3, std, torch.ones_like(std)))
+            self.target_scale_set.fill_(True)
+
     def member_losses(self, batch: Batch, bootstrap: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-member Gaussian NLL (E,), on a bootstrap resample per member when training."""
+        """Per-member Gaussian NLL (E,), on a bootstrap resample per member when training, in units of
+        `target_scale` (the NLL in normalized units less a constant; the MSE reported is in them too)."""
         x_obs, x_act, target, term = self._transitions(batch)
+        if self.training:
+            self._set_target_scale(target)
         n = x_obs.shape[0]
         e = self.config.members
         if bootstrap:
@@ -282,10 +314,10 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         else:
             idx = torch.arange(n, device=x_obs.device).expand(e, n)
         mean, logvar, term_logit = self(x_obs[idx], x_act[idx])
-        tgt = target[idx]
-        inv_var = torch.exp(-logvar)
-        nll = (((mean - tgt) ** 2) * inv_var + logvar).mean((1, 2))  # (E,)
-        mse = ((mean - tgt) ** 2).mean((1, 2))
+        tgt, scale = target[idx], self.target_scale
+        err = (mean - tgt) / scale
+        nll = (err ** 2 * torch.exp(-(logvar - 2 * scale.log())) + logvar - 2 * scale.log()).mean((1, 2))  # (E,)
+        mse = (err ** 2).mean((1, 2))
         bce = F.binary_cross_entropy_with_logits(term_logit, term[idx], reduction="none").mean(1)
         return nll + bce, {"nll": nll, "mse": mse, "termination_bce": bce}
 
