@@ -36,9 +36,10 @@ from worldmodel.evaluation import coverage90, rollout_samples, start_rollouts
 TARGET = 0.90
 MIN_WINDOWS = 4
 """Fewer held-out windows than this cannot place a 90% band (one window moves coverage by 25%)."""
-ENOUGH_WINDOWS = 32
-"""The calibration horizon is shortened until this many windows (or as many as 1-step windows give) hold it:
-a band fitted on the one unusually long episode of a short-episode split does not transfer (issue 14's zoo)."""
+ENOUGH_EPISODES = 32
+"""The calibration horizon is shortened until this many of the split's episodes (or all that hold one step, when
+fewer) are long enough for it: a band fitted on the one unusually long episode of a short-episode split does not
+transfer (issue 14's zoo), while a split of a few long episodes keeps its full horizon."""
 GRID = torch.logspace(-2, 2, 161)
 """Candidate scales, 0.01…100 (about 6% apart)."""
 
@@ -144,13 +145,10 @@ def _starts(firsts: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
 
 
 def calibration_horizon(lengths: np.ndarray, context: int, longest: int) -> int:
-    """The longest horizon ≤ `longest` that at least `ENOUGH_WINDOWS` windows of the split hold (or as many as
-    the 1-step windows, when fewer); 0 when not even one episode holds context + 1 rows."""
-    def count(h: int) -> int:
-        return len(_starts(np.zeros(len(lengths), np.int64), lengths, context + h))
-
-    enough = min(ENOUGH_WINDOWS, count(1))
-    return max((h for h in range(1, longest + 1) if enough and count(h) >= enough), default=0)
+    """The longest horizon ≤ `longest` that at least `ENOUGH_EPISODES` episodes of the split are long enough for
+    (or all that hold context + 1 rows, when fewer); 0 when not even one episode holds context + 1 rows."""
+    enough = min(ENOUGH_EPISODES, int((lengths >= context + 1).sum()))
+    return max((h for h in range(1, longest + 1) if enough and (lengths >= context + h).sum() >= enough), default=0)
 
 
 def calibration_windows(datamodule: Any, split: str, length: int, max_windows: int) -> Batch | None:

@@ -136,9 +136,9 @@ def test_short_episodes_are_scored_where_enough_of_them_reach_not_on_a_few_long_
     assert zoo.horizon(np.array([4, 3]), context=4, target=10) == 0  # none holds context + 1: said, not scored
 
 
-def test_calibration_horizon_is_the_one_enough_validation_windows_hold() -> None:
+def test_calibration_horizon_is_the_one_enough_validation_episodes_reach() -> None:
     lengths = np.array([20] * 40 + [60])  # a short-episode split and one long episode
-    # 41 windows of 8 + 12 rows (40 short episodes + starts every 5 rows in the long one); only 8 of 8 + 13.
+    # 41 episodes hold 8 + 12 rows; only the long one holds 8 + 13.
     assert calibration_horizon(lengths, context=8, longest=50) == 12
     assert calibration_horizon(np.array([300] * 3), context=8, longest=50) == 50  # long episodes: overlapping starts
     assert calibration_horizon(np.array([10, 12]), context=8, longest=4) == 2  # few windows: as many as 1 step has
@@ -153,7 +153,9 @@ def test_a_short_episode_split_is_calibrated_not_skipped_for_its_one_long_episod
     model = build_model("ensemble", resolve_config("ensemble", {"preset": "tiny"}), dm.schema, dm.normalization)
     fit = calibrate_split(model, dm, "val", context=8, horizons=(1, 5, 10, 25, 50), samples=8, max_windows=64)
     assert fit.after and model.calibrated, fit.report()
-    assert fit.windows >= 32 and max(fit.after) < dm.longest_episode("val") - 8
+    # Fitted at the horizon every val episode reaches (fewer than 32 of them here), with windows from each,
+    # not on the long one alone.
+    assert fit.windows >= 4 and max(fit.after) < dm.longest_episode("val") - 8
 
 
 def test_fit_output_without_an_evaluation_is_flagged_silent() -> None:
