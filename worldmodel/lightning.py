@@ -336,3 +336,15 @@ class WorldModelModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The self-describing model file inside the Lightning checkpoint: `worldmodel.load(ckpt)` works.
         checkpoint["twinworld_model"] = self.world_model.checkpoint_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written after an epoch ended (the fit's last.ckpt at its end) resumes at the next epoch's
+        first batch. Lightning 2.6 restores that epoch's batch count as the new epoch's, so the epoch loop
+        counted the new epoch as done and a resumed `--trainer.max_epochs 2` trained 0 batches. Runs before
+        Lightning restores its loops (same dict)."""
+        fit = checkpoint.get("loops", {}).get("fit_loop", {})
+        epochs, batches = fit.get("epoch_progress", {}).get("current"), fit.get("epoch_loop.batch_progress")
+        if (isinstance(epochs, dict) and isinstance(batches, dict) and batches.get("is_last_batch")
+                and epochs.get("completed") == epochs.get("started")):
+            batches["current"] = dict.fromkeys(batches.get("current", {}), 0)
+            batches["is_last_batch"] = False

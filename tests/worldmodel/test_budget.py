@@ -113,7 +113,10 @@ def test_fit_prints_why_it_stopped_and_saves_the_best_weights(tmp_path, tiny_sto
     last = load_checkpoint_file(run / "last.ckpt", "cpu")["state_dict"]
     saved = load_checkpoint_file(run / "model.pt", "cpu")["state_dict"]
     assert any(not torch.equal(best[k], last[k]) for k in best)  # the best epoch was not the last one
-    assert all(torch.equal(saved[k.removeprefix("model.")], v) for k, v in best.items())
+    # The model file holds best.ckpt's weights (and the calibration fitted after the fit, which best.ckpt,
+    # written during it, cannot hold).
+    assert all(torch.equal(saved[k.removeprefix("model.")], v) for k, v in best.items()
+               if not k.endswith("calibration"))
     run_id = (run / "mlflow_run_id").read_text()
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
     assert tags["twinworld.stopped"].startswith("early stopping (val/loss did not improve")
