@@ -203,3 +203,29 @@ def test_train_py_killed_mid_epoch_resumes_to_the_same_parameters(tmp_path, pend
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.allclose(resumed[key], straight[key]), f"{key} differs after resume"
+
+
+def _loops(epochs_completed: int, batches: int, last: bool) -> dict:
+    progress = {"ready": batches, "completed": batches, "started": batches, "processed": batches}
+    return {"loops": {"fit_loop": {
+        "epoch_progress": {"current": {"ready": 1, "started": 1, "processed": 1, "completed": epochs_completed}},
+        "epoch_loop.batch_progress": {"total": dict(progress), "current": dict(progress), "is_last_batch": last}}}}
+
+
+def test_a_checkpoint_written_after_its_epoch_ended_resumes_at_the_next_epochs_first_batch() -> None:
+    """Lightning 2.6 restored the ended epoch's batch count into the next epoch, which then counted as done: a
+    fit's end-of-run last.ckpt resumed with `--trainer.max_epochs 2` trained 0 batches (the slow
+    tests/security/test_checkpoints_safe.py::test_a_train_py_checkpoint_resumes_from_a_url runs it for real)."""
+    from worldmodel.lightning import WorldModelModule
+
+    module = WorldModelModule()
+    ended = _loops(epochs_completed=1, batches=4, last=True)
+    module.on_load_checkpoint(ended)
+    batches = ended["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert batches["current"] == {"ready": 0, "completed": 0, "started": 0, "processed": 0}
+    assert batches["total"]["processed"] == 4 and not batches["is_last_batch"]  # the run's totals are kept
+    for mid_epoch in (_loops(epochs_completed=0, batches=4, last=True), _loops(epochs_completed=0, batches=2,
+                                                                                last=False)):
+        before = repr(mid_epoch)
+        module.on_load_checkpoint(mid_epoch)  # a preemption's checkpoint: Lightning resumes it mid-epoch itself
+        assert repr(mid_epoch) == before
