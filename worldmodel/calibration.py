@@ -146,9 +146,17 @@ def _starts(firsts: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
 
 def calibration_horizon(lengths: np.ndarray, context: int, longest: int) -> int:
     """The longest horizon ≤ `longest` that at least `ENOUGH_EPISODES` episodes of the split are long enough for
-    (or all that hold context + 1 rows, when fewer); 0 when not even one episode holds context + 1 rows."""
+    (or all that hold context + 1 rows, when fewer) and that still gives `MIN_WINDOWS` calibration windows (or as
+    many as 1 step gives, when fewer): three val episodes just long enough for h gave 3 windows, and the band was
+    skipped rather than fitted at a shorter h. 0 when not even one episode holds context + 1 rows."""
     enough = min(ENOUGH_EPISODES, int((lengths >= context + 1).sum()))
-    return max((h for h in range(1, longest + 1) if enough and (lengths >= context + h).sum() >= enough), default=0)
+
+    def windows(h: int) -> int:
+        return len(_starts(np.zeros(len(lengths), np.int64), lengths, context + h))
+
+    least = min(MIN_WINDOWS, windows(1)) if enough else 0
+    return max((h for h in range(1, longest + 1)
+                if enough and (lengths >= context + h).sum() >= enough and windows(h) >= least), default=0)
 
 
 def calibration_windows(datamodule: Any, split: str, length: int, max_windows: int) -> Batch | None:

@@ -142,6 +142,8 @@ def test_calibration_horizon_is_the_one_enough_validation_episodes_reach() -> No
     assert calibration_horizon(lengths, context=8, longest=50) == 12
     assert calibration_horizon(np.array([300] * 3), context=8, longest=50) == 50  # long episodes: overlapping starts
     assert calibration_horizon(np.array([10, 12]), context=8, longest=4) == 2  # few windows: as many as 1 step has
+    # Three episodes all reach h12, but with one window each; h8 gives two windows of 16 rows in each.
+    assert calibration_horizon(np.array([20] * 3), context=8, longest=50) == 8
 
 
 def test_a_short_episode_split_is_calibrated_not_skipped_for_its_one_long_episode(tmp_path: Path) -> None:
