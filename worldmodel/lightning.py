@@ -342,8 +342,12 @@ class WorldModelModule(L.LightningModule):
         first batch. Lightning 2.6 restores that epoch's batch count as the new epoch's, so the epoch loop
         counted the new epoch as done and a resumed `--trainer.max_epochs 2` trained 0 batches. Runs before
         Lightning restores its loops (same dict)."""
-        fit = checkpoint.get("loops", {}).get("fit_loop", {})
-        epochs, batches = fit.get("epoch_progress", {}).get("current"), fit.get("epoch_loop.batch_progress")
+        loops = checkpoint.get("loops")
+        fit = loops.get("fit_loop") if isinstance(loops, dict) else None  # a damaged file: Lightning says so
+        fit = fit if isinstance(fit, dict) else {}
+        progress = fit.get("epoch_progress")
+        epochs = progress.get("current") if isinstance(progress, dict) else None
+        batches = fit.get("epoch_loop.batch_progress")
         if (isinstance(epochs, dict) and isinstance(batches, dict) and batches.get("is_last_batch")
                 and epochs.get("completed") == epochs.get("started")):
             batches["current"] = dict.fromkeys(batches.get("current", {}), 0)
