@@ -23,12 +23,17 @@ from mlflow.pyfunc import PythonModel
 class WorldModelPyfunc(PythonModel):
     """Predict trajectories from a history and an action sequence."""
 
+    # `model_input` is a dict of arrays (see the module docstring), checked in `predict`. MLflow reads an
+    # annotation there as an input schema (list[...] only) and warns on every log and load when it is not
+    # one, or when there is none.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         import worldmodel
 
         self.model = worldmodel.load(context.artifacts["checkpoint"])
 
-    def predict(self, context: Any, model_input: dict[str, Any], params: dict[str, Any] | None = None) -> dict:
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> dict:
         from worldmodel.interface import previous_actions
 
         model = self.model
