@@ -106,6 +106,33 @@ def test_training_loss_bootstraps_and_reports_a_loss_per_member() -> None:
     assert torch.equal(model.loss(_batch())[0], model.loss(_batch())[0]), "no bootstrap in evaluation"
 
 
+def test_validation_loss_is_the_members_obs_mse_alone_reward_and_termination_only_logged() -> None:
+    """val/loss picks the best weights and the elites: the Δobs a rollout carries, not reward or termination
+    (issue 14's zoo: the termination BCE was 98% of CartPole's val/loss, the reward error ~97% of IDP's MSE)."""
+    model = _model().eval()
+    batch = _batch()
+    loss, metrics = model.loss(batch)
+    other = replace(batch, reward=batch.reward * 50 + 3, terminated=torch.ones_like(batch.terminated))
+    loss_other, metrics_other = model.loss(other)
+    assert torch.equal(loss, loss_other) and torch.equal(metrics["member_loss"], metrics_other["member_loss"])
+    assert float(metrics_other["reward_mse"]) > float(metrics["reward_mse"])
+    assert float(metrics_other["termination_bce"]) != float(metrics["termination_bce"])
+    # The per-member loss is the MSE of that member's Δobs mean, in units of the target scale.
+    x_obs, x_act, target, _ = model._transitions(batch)
+    e = model.config.members
+    with torch.no_grad():
+        mean, _, _ = model(x_obs.expand(e, -1, -1), x_act.expand(e, -1, -1))
+    d = model.obs_dim
+    mse = (((mean - target) / model.target_scale)[..., :d] ** 2).mean((1, 2))
+    torch.testing.assert_close(metrics["member_loss"], mse)
+    # Training still learns reward and termination: both change the training loss.
+    model.train()
+    torch.manual_seed(0)
+    train_loss, _ = model.loss(batch)
+    torch.manual_seed(0)
+    assert not torch.equal(train_loss, model.loss(other)[0])
+
+
 def test_a_few_steps_lower_the_loss() -> None:
     model = _model().train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
