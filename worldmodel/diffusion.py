@@ -56,10 +56,7 @@ class DiffusionConfig:
     """Sampler: diffusers' EDMEulerScheduler or EDMDPMSolverMultistepScheduler (2nd-order DPM-Solver++)."""
     sigma_data: float = 0.5
     """EDM σ_data: the standard deviation of the target. A vector `residual` is divided by its per-channel
-    std (`target_scale`), so 1 fits it on any system (configs/pendulum/diffusion.yaml); images in [-1, 1]
-    and whole z-scored observations: DIAMOND's 0.5. A σ_data several times the target's std trains mostly
-    at noise levels that hide it (bench_diffusion). Files written before `target_scale` existed denoise
-    the z-scored change (Pendulum's: std ~0.18, hence their σ_data 0.2) and load unscaled."""
+    std (`target_scale`), so its std is 1 on any system; images in [-1, 1]: DIAMOND's 0.5 (docs/diffusion.md)."""
     sigma_min: float = 2e-3
     """Smallest noise level of the sampling schedule."""
     sigma_max: float = 5.0
