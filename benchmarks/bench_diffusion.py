@@ -44,23 +44,29 @@ SHIPPED = ROOT / "configs" / "pendulum" / "diffusion.yaml"
 
 # Overrides of the shipped config. "before": the shipped config of the base commit (σ_data 0.5 against a
 # target whose std is ~0.18, DIAMOND's training σ, 4 spread samples), with the noise embedding recomputed per
-# row and the residual unscaled, as the base commit did. Variants in UNSCALED keep `target_scale` at 1 (the
-# residual denoised in z-scores, as before the per-channel target scale existed).
+# row, as the base commit did. "previous": the config shipped before the per-channel target scale (σ_data 0.2
+# for the z-scored residual, history 4). Variants in UNSCALED keep `target_scale` at 1 (the residual denoised
+# in z-scores, as before the scale existed), so their rows reproduce the ones recorded then; the others
+# denoise the residual in units of its per-channel std. "lr" overrides the config's learning rate.
+PREVIOUS = dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=2, sigma_min=0.05, spread_samples=2, history=4)
+SCALED = dict(num_steps=2, spread_samples=2, history=4)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "before": dict(sigma_data=0.5, train_sigma_mean=-0.4, num_steps=3, sigma_min=2e-3, spread_samples=4),
+    "before": dict(sigma_data=0.5, train_sigma_mean=-0.4, num_steps=3, sigma_min=2e-3, spread_samples=4, history=4),
     "shipped": {},
-    "unscaled-s02": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=2, sigma_min=0.05, spread_samples=2),
-    "scaled-s02": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=2, sigma_min=0.05, spread_samples=2),
-    "scaled-s1": dict(sigma_data=1.0, train_sigma_mean=-0.2, num_steps=2, sigma_min=0.25, spread_samples=2),
-    "scaled-s1-edm": dict(sigma_data=1.0, train_sigma_mean=-0.5, num_steps=2, sigma_min=0.25, spread_samples=2),
-    "scaled-s05-edm": dict(sigma_data=0.5, train_sigma_mean=-1.2, num_steps=2, sigma_min=0.125, spread_samples=2),
-    "edm-s1": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=3, sigma_min=2e-3, spread_samples=1),
-    "edm-2step-s1": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=2, sigma_min=0.05, spread_samples=1),
-    "edm-2step-s2": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=2, sigma_min=0.05, spread_samples=2),
-    "edm-s2": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=3, sigma_min=2e-3, spread_samples=2),
+    "previous": PREVIOUS,
+    "edm-s1": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=3, sigma_min=2e-3, spread_samples=1, history=4),
+    "edm-2step-s1": {**PREVIOUS, "spread_samples": 1},
+    "edm-2step-s2": PREVIOUS,
+    "edm-s2": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=3, sigma_min=2e-3, spread_samples=2, history=4),
+    "scaled-s02": PREVIOUS,
+    "scaled-s1": dict(SCALED, sigma_data=1.0, train_sigma_mean=-0.2, sigma_min=0.25),
+    "scaled-s1-edm": dict(SCALED, sigma_data=1.0, train_sigma_mean=-0.5, sigma_min=0.25),
+    "scaled-s1-edm-lr1e3": dict(SCALED, sigma_data=1.0, train_sigma_mean=-0.5, sigma_min=0.25, lr=1e-3),
+    "scaled-s05-edm": dict(SCALED, sigma_data=0.5, train_sigma_mean=-1.2, sigma_min=0.125),
+    "scaled-s05-edm-smin005": dict(SCALED, sigma_data=0.5, train_sigma_mean=-1.2, sigma_min=0.05),
 }
 
-UNSCALED = {"before", "unscaled-s02"}
+UNSCALED = {"before", "previous", "edm-s1", "edm-2step-s1", "edm-2step-s2", "edm-s2"}
 
 COLUMNS = ("date", "machine", "command", "model", "config", "train steps", "nRMSE h1", "h10", "h50",
            "h10 / ensemble h10", "cov90 h10 before → after calibration", "cov90 h50 before → after",
