@@ -43,16 +43,30 @@ from worldmodel.lightning import WorldModelModule  # noqa: E402
 SHIPPED = ROOT / "configs" / "pendulum" / "diffusion.yaml"
 
 # Overrides of the shipped config. "before": the shipped config of the base commit (σ_data 0.5 against a
-# target whose std is ~0.18, DIAMOND's training σ, 4 spread samples); "before-film": the same, with the
-# noise embedding recomputed per row as before (cost only).
+# target whose std is ~0.18, DIAMOND's training σ, 4 spread samples), with the noise embedding recomputed per
+# row, as the base commit did. "previous": the config shipped before the per-channel target scale (σ_data 0.2
+# for the z-scored residual, history 4). Variants in UNSCALED keep `target_scale` at 1 (the residual denoised
+# in z-scores, as before the scale existed), so their rows reproduce the ones recorded then; the others
+# denoise the residual in units of its per-channel std. "lr" overrides the config's learning rate.
+PREVIOUS = dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=2, sigma_min=0.05, spread_samples=2, history=4)
+SCALED = dict(num_steps=2, spread_samples=2, history=4)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "before": dict(sigma_data=0.5, train_sigma_mean=-0.4, num_steps=3, sigma_min=2e-3, spread_samples=4),
+    "before": dict(sigma_data=0.5, train_sigma_mean=-0.4, num_steps=3, sigma_min=2e-3, spread_samples=4, history=4),
     "shipped": {},
-    "edm-s1": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=3, sigma_min=2e-3, spread_samples=1),
-    "edm-2step-s1": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=2, sigma_min=0.05, spread_samples=1),
-    "edm-2step-s2": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=2, sigma_min=0.05, spread_samples=2),
-    "edm-s2": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=3, sigma_min=2e-3, spread_samples=2),
+    "previous": PREVIOUS,
+    "edm-s1": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=3, sigma_min=2e-3, spread_samples=1, history=4),
+    "edm-2step-s1": {**PREVIOUS, "spread_samples": 1},
+    "edm-2step-s2": PREVIOUS,
+    "edm-s2": dict(sigma_data=0.2, train_sigma_mean=-1.8, num_steps=3, sigma_min=2e-3, spread_samples=2, history=4),
+    "scaled-s02": PREVIOUS,
+    "scaled-s1": dict(SCALED, sigma_data=1.0, train_sigma_mean=-0.2, sigma_min=0.25),
+    "scaled-s1-edm": dict(SCALED, sigma_data=1.0, train_sigma_mean=-0.5, sigma_min=0.25),
+    "scaled-s1-edm-lr1e3": dict(SCALED, sigma_data=1.0, train_sigma_mean=-0.5, sigma_min=0.25, lr=1e-3),
+    "scaled-s05-edm": dict(SCALED, sigma_data=0.5, train_sigma_mean=-1.2, sigma_min=0.125),
+    "scaled-s05-edm-smin005": dict(SCALED, sigma_data=0.5, train_sigma_mean=-1.2, sigma_min=0.05),
 }
+
+UNSCALED = {"before", "previous", "edm-s1", "edm-2step-s1", "edm-2step-s2", "edm-s2"}
 
 COLUMNS = ("date", "machine", "command", "model", "config", "train steps", "nRMSE h1", "h10", "h50",
            "h10 / ensemble h10", "cov90 h10 before → after calibration", "cov90 h50 before → after",
@@ -64,16 +78,28 @@ def shipped() -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
-def train_variant(store: str, steps: int, overrides: dict[str, Any]) -> tuple[WorldModelModule, WindowDataModule]:
+class Unscaled(L.Callback):
+    """Keep the diffusion model's residual target in z-scores: `target_scale` 1, marked as measured."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = pl_module.model
+        assert isinstance(model, DiffusionWorldModel) and model.scaled
+        model.target_scale.fill_(1.0)
+        model.target_scale_set.fill_(True)
+
+
+def train_variant(store: str, steps: int, overrides: dict[str, Any], unscaled: bool = False
+                  ) -> tuple[WorldModelModule, WindowDataModule]:
     spec = shipped()
-    config = {**spec["model"]["config"], **overrides}
+    config = {**spec["model"]["config"], **{k: v for k, v in overrides.items() if k != "lr"}}
     data = spec["data"]
     dm = WindowDataModule(store=store, window=data["window"], batch_size=data["batch_size"], batches_per_epoch=steps,
                           val_batches=4)
-    module = WorldModelModule(kind="diffusion", config=config, lr=spec["model"]["lr"], seed=0)
+    module = WorldModelModule(kind="diffusion", config=config, lr=overrides.get("lr", spec["model"]["lr"]), seed=0)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=4,
-                        gradient_clip_val=spec["trainer"]["gradient_clip_val"])
+                        gradient_clip_val=spec["trainer"]["gradient_clip_val"],
+                        callbacks=[Unscaled()] if unscaled else None)
     trainer.fit(module, dm)
     return module, dm
 
@@ -113,7 +139,7 @@ def main() -> None:
         ("ensemble", "small", ens, ens, step_cost(ensemble))]
     for name in args.variants.split(","):
         t0 = time.perf_counter()
-        module, dm = train_variant(args.store, args.steps, VARIANTS[name])
+        module, dm = train_variant(args.store, args.steps, VARIANTS[name], unscaled=name in UNSCALED)
         model = module.model
         assert isinstance(model, DiffusionWorldModel)
         model.eval()
@@ -123,7 +149,8 @@ def main() -> None:
         fit = calibrate_split(model, dm, "val", **kwargs)
         after = (evaluate_split(model, dm, "test", **kwargs) or {}) if model.calibrated else before
         cost = step_cost(module)
-        overrides = ", ".join(f"{k} {v}" for k, v in VARIANTS[name].items()) or "as shipped"
+        overrides = ", ".join([f"{k} {v}" for k, v in VARIANTS[name].items()]
+                              + (["residual unscaled"] if name in UNSCALED else [])) or "as shipped"
         print(f"== {name} ({overrides}): h10 {before['nrmse/h10']:.4f}, cov90 h10 {before['coverage90/h10']:.2f} "
               f"→ {after['coverage90/h10']:.2f}, {cost * 1e3:.1f} ms/step; {fit.report()} "
               f"({time.perf_counter() - t0:.0f} s)")

@@ -5,7 +5,9 @@
 - Network (worldmodel/denoiser.py): an EDM-preconditioned denoiser, a residual MLP for vector
   observations and a diffusers `UNet2DModel` for images, with reward / termination heads on the same
   conditioning. By default the model denoises the change from the last observation (`residual`);
-  `residual: false` denoises whole observations, as DIAMOND does for frames.
+  `residual: false` denoises whole observations, as DIAMOND does for frames. A vector residual is
+  denoised in units of its per-channel std (`target_scale`, measured on the first training batch), so
+  the target has unit variance on every channel; images and whole observations are not scaled.
 - Sampler (`EDMSampler`): diffusers' `EDMEulerScheduler` (default) or `EDMDPMSolverMultistepScheduler`;
   the denoising loop is written out in `EDMSampler.sample`.
 - Training: denoising score matching with EDM's loss weighting and a log-normal σ distribution
@@ -53,9 +55,8 @@ class DiffusionConfig:
     solver: Literal["euler", "dpm"] = "euler"
     """Sampler: diffusers' EDMEulerScheduler or EDMDPMSolverMultistepScheduler (2nd-order DPM-Solver++)."""
     sigma_data: float = 0.5
-    """EDM σ_data: the standard deviation of the target. With `residual` that is the per-step change in
-    z-scores, often far below 1 (Pendulum: ~0.18, so its config sets 0.2 with `train_sigma_mean` -1.8):
-    a σ_data several times the target's std trains mostly at noise levels that hide it (bench_diffusion)."""
+    """EDM σ_data: the standard deviation of the target. A vector `residual` is divided by its per-channel
+    std (`target_scale`), so its std is 1 on any system; images in [-1, 1]: DIAMOND's 0.5 (docs/diffusion.md)."""
     sigma_min: float = 2e-3
     """Smallest noise level of the sampling schedule."""
     sigma_max: float = 5.0
@@ -123,6 +124,8 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
     """
 
     model_type: ClassVar[str] = "diffusion"
+    target_scale: torch.Tensor
+    target_scale_set: torch.Tensor
 
     def __init__(self, config: DiffusionConfig, schema: StoreSchema, normalization: Normalization) -> None:
         super().__init__(config, schema, normalization)
@@ -158,6 +161,38 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
         self.residual = c.residual
         self.spread = c.spread_samples or (1 if self.image_obs else 4)
         self._prepared_for: torch.device | None = None
+        # Vector residuals are denoised in units of their per-channel std (`target_scale`, measured on the first
+        # training batch), so that the target has unit variance on every channel and system and `sigma_data`
+        # 1 fits it (EDM), whatever the per-step change is in z-scores (Pendulum ~0.15-0.2, a slow plant ~0.01).
+        # Whole observations (`residual: false`) and images are z-scores / [-1, 1] already and are not scaled.
+        self.scaled = self.residual and not self.image_obs
+        if self.scaled:
+            self.register_buffer("target_scale", torch.ones(self.obs_dim))
+            self.register_buffer("target_scale_set", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A file written before `target_scale` existed denoises unscaled residuals (scale 1, as it was trained);
+        a scale that is not finite and positive floats of shape (obs_dim,) is refused (the file is not trusted)."""
+        key = prefix + "target_scale"
+        if self.scaled:
+            if key not in state_dict:
+                state_dict[key], state_dict[prefix + "target_scale_set"] = torch.ones(self.obs_dim), torch.tensor(True)
+            scale = state_dict[key]
+            if not (isinstance(scale, torch.Tensor) and scale.shape == (self.obs_dim,) and scale.is_floating_point()
+                    and bool(torch.isfinite(scale).all()) and bool((scale > 0).all())):
+                found = (f"shape {tuple(scale.shape)}, {scale.dtype}" if isinstance(scale, torch.Tensor)
+                         else type(scale).__name__)
+                raise InputError(f"diffusion: state_dict[{key!r}] ({found}): expected finite floats > 0 of shape "
+                                 f"({self.obs_dim},), the per-channel std of the residual target")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _set_target_scale(self, target: torch.Tensor) -> None:
+        """Measure `target_scale` once, on the first training batch. A channel that (nearly) never changes keeps
+        scale 1: dividing by its ~0 std would only amplify rounding (as in the ensemble)."""
+        if self.scaled and self.training and not bool(self.target_scale_set) and target.shape[0] > 1:
+            std = target.detach().float().flatten(0, -2).std(0)
+            self.target_scale.copy_(torch.where(std > 1e-3, std, torch.ones_like(std)))
+            self.target_scale_set.fill_(True)
 
     # -------------------------------------------------------------- device speed-ups
     def _prepare(self, device: torch.device) -> None:
@@ -215,7 +250,7 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
     def sample(self, history: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None
                ) -> torch.Tensor:
         """Denoised targets (N, *sample_shape) for a batch of conditions: the change from the last
-        observation (`residual`) or the next observation, normalized."""
+        observation (`residual`) or the next observation, normalized (z-scores: `target_scale` undone)."""
         device = history.device
         self._prepare(device)
         history = self._layout(history)
@@ -224,7 +259,8 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
             with self._autocast(device):
                 return self.denoiser(self._layout(model_input), c_noise, history, cond).float()
 
-        return self.sampler.sample(model_output, (history.shape[0], *self.sample_shape), generator, device)
+        x0 = self.sampler.sample(model_output, (history.shape[0], *self.sample_shape), generator, device)
+        return x0 * self.target_scale if self.scaled else x0
 
     # -------------------------------------------------------------- interface
     def initial_state(self, batch: int) -> State:
@@ -312,7 +348,8 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
 
         Target row j (1 ≤ j < T) is conditioned on rows j-K … j-1; rows before the window are padding
         (copies of row 0, zero actions, masked), exactly as `observe` pads after a reset. Windows
-        never cross an episode boundary (contract 2). Returns (N = B·(T-1), …) tensors.
+        never cross an episode boundary (contract 2). Returns (N = B·(T-1), …) tensors; a vector
+        residual `target` is in units of `target_scale` (measured here on the first training batch).
         """
         if self.image_obs:
             if batch.image is None:
@@ -333,6 +370,9 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
         act = padded_act[:, idx]  # (B, T-1, K, A)
         count = torch.arange(1, t, device=x.device).clamp_max(k).expand(b, -1)  # (B, T-1)
         target = x[:, 1:] - x[:, :-1] if self.residual else x[:, 1:]
+        if self.scaled:  # in units of the per-channel std (`target_scale`), measured on the first training batch
+            self._set_target_scale(target)
+            target = target / self.target_scale
         cond = self._cond(act.flatten(0, 1), count.flatten())
         return {
             "target": target.flatten(0, 1),

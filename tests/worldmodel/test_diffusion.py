@@ -14,6 +14,7 @@ from conftest import REPO
 from gymnasium import spaces
 
 import worldmodel
+from data_pipeline.errors import InputError
 from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.denoiser import ImageDenoiser, edm_coefficients, edm_denoise
@@ -289,3 +290,66 @@ def test_fit_through_train_py(tmp_path: Path, tiny_store) -> None:
                           torch.ones(2, 1, dtype=torch.bool))
     _, pred = model.imagine(state, torch.zeros(2, 4, ACT_DIM), torch.Generator().manual_seed(0))
     assert pred.obs.shape == (2, 4, OBS_DIM) and torch.isfinite(pred.obs).all()
+
+
+def test_residual_target_scale_is_measured_once_on_the_first_training_batch() -> None:
+    """Vector residuals are denoised in units of their per-channel std from the first training batch; samples
+    come back in z-scores. Whole observations and images are not scaled (no buffer)."""
+    model = _model("box").train()
+    assert not bool(model.target_scale_set) and torch.equal(model.target_scale, torch.ones(OBS_DIM))
+    batch = _batch("box")
+    x = model._to_model(batch.obs)
+    expected = (x[:, 1:] - x[:, :-1]).reshape(-1, OBS_DIM).std(0)
+    ex = model.training_examples(batch)
+    torch.testing.assert_close(model.target_scale, expected)
+    torch.testing.assert_close(ex["target"].std(0), torch.ones(OBS_DIM))  # unit variance on every channel
+    model.training_examples(_batch("box", seed=1))  # later batches do not move it
+    torch.testing.assert_close(model.target_scale, expected)
+    model.eval()
+    history, cond = torch.randn(4, model.config.history, OBS_DIM), torch.rand(4, model.cond_dim)
+    with torch.no_grad():
+        scaled = model.sample(history, cond, torch.Generator().manual_seed(3))
+        model.target_scale.fill_(1.0)
+        raw = model.sample(history, cond, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(scaled, raw * expected)  # samples are in z-scores, not in scaled units
+    fresh = _model("box").eval()  # an evaluation pass measures nothing
+    fresh.training_examples(batch)
+    assert not bool(fresh.target_scale_set)
+    for kind, fields in (("box", {"residual": False}), ("image", {})):
+        other = _model(kind, **fields)
+        assert not other.scaled and "target_scale" not in other.state_dict()
+
+
+def test_a_model_file_without_target_scale_loads_unscaled_and_a_bad_scale_is_refused(tmp_path: Path) -> None:
+    model = _model("box", spread_samples=2).train()
+    model.loss(_batch("box"))
+    model.eval()
+    state = model.state_dict()
+    assert bool(state["target_scale_set"]) and not torch.equal(state["target_scale"], torch.ones(OBS_DIM))
+    old = {k: v for k, v in state.items() if not k.startswith("target_scale")}  # written before it existed
+    fresh = _model("box", spread_samples=2).eval()
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.target_scale, torch.ones(OBS_DIM)) and bool(fresh.target_scale_set)
+    # ... and behaves as the model did before the scale existed: its network's output is the z-score residual.
+    unscaled = _model("box", spread_samples=2).eval()
+    unscaled.load_state_dict(state)
+    unscaled.target_scale.fill_(1.0)
+    batch = _batch("box")
+    _, a = _rollout(fresh, "box", batch, seed=2)
+    _, b = _rollout(unscaled, "box", batch, seed=2)
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.obs_std, b.obs_std)
+    # Through worldmodel.load too (a file of the old format).
+    checkpoint = model.checkpoint_dict()
+    checkpoint["state_dict"] = old
+    torch.save(checkpoint, tmp_path / "old.pt")
+    loaded = worldmodel.load(str(tmp_path / "old.pt"))
+    assert isinstance(loaded, DiffusionWorldModel) and torch.equal(loaded.target_scale, torch.ones(OBS_DIM))
+    bad_scales = (torch.full((OBS_DIM,), float("nan")), torch.zeros(OBS_DIM), -torch.ones(OBS_DIM),
+                  torch.ones(2), torch.ones(OBS_DIM, dtype=torch.long), [1.0] * OBS_DIM)
+    for bad in bad_scales:
+        with pytest.raises(InputError, match=rf"target_scale.*expected finite floats > 0 of shape \({OBS_DIM},\)"):
+            _model("box").load_state_dict({**state, "target_scale": bad})
+    checkpoint["state_dict"] = {**state, "target_scale": torch.zeros(OBS_DIM)}
+    torch.save(checkpoint, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="target_scale"):
+        worldmodel.load(str(tmp_path / "bad.pt"))
