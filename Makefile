@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	@# Everything, slow end-to-end tests included (the inner loop is `pytest -m "not slow"`).
-	$(BIN)/python -m pytest -q -m "not gpu"
+	$(BIN)/python -m pytest -q -m "not gpu" --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

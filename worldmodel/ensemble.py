@@ -160,7 +160,8 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
         h = torch.cat([obs_n, action_feat], -1)
         for layer in self.hidden_layers:
             h = F.silu(layer(h, members))
-        weight, bias = self.head.weight, self.head.bias
+        weight: torch.Tensor = self.head.weight
+        bias: torch.Tensor = self.head.bias
         if members is not None:
             weight, bias = weight[members], bias[members]
         out = torch.baddbmm(bias[..., :-1], h, weight[..., :-1])
