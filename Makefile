@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist; one test file per worker at a time). Most tests run a command line in a
+# subprocess that waits on imports and MLflow, so two workers halve the wall time on 2 cores.
+WORKERS ?= 2
 
 .PHONY: demo test quick lint install clean
 
@@ -30,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	@# Everything, slow end-to-end tests included (the inner loop is `pytest -m "not slow"`).
-	$(BIN)/python -m pytest -q -m "not gpu" --durations=15
+	$(BIN)/python -m pytest -q -m "not gpu" -n $(WORKERS) --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -40,7 +43,7 @@ lint: $(STAMP)
 # The inner loop: lint and the fast tests (about 2 minutes on 2 cores).
 quick: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" -n $(WORKERS) --dist loadfile
 
 clean:
 	rm -rf demo_out mlruns mlflow.db lightning_logs
