@@ -350,12 +350,13 @@ def test_factual_scenarios_reproduce_the_model_evaluation(trained: Trained, tmp_
     truth = windows.obs[:, context:].numpy()
     for h in horizons:
         row = calibration.set_index("horizon").loc[h]
-        assert row["nrmse"] == pytest.approx(metrics[f"nrmse/h{h}"], rel=1e-5)
-        # evaluate averages in float32
+        # evaluate averages in float32: sample - truth loses ~1e-7 of the observations' scale, which is 2e-5 of
+        # an nRMSE of 0.002 (a run on a good model failed rel=1e-5 alone), hence the absolute tolerance.
+        assert row["nrmse"] == pytest.approx(metrics[f"nrmse/h{h}"], rel=1e-5, abs=1e-6)
         assert row["coverage90"] == pytest.approx(metrics[f"coverage90/h{h}"], rel=1e-6)
         median = np.median(expected.numpy()[:, :, h - 1], axis=1)
         nrmse_median = np.sqrt(((np.sqrt(((median - truth[:, h - 1]) ** 2).mean(0)) / std) ** 2).mean())
-        assert row["nrmse_median"] == pytest.approx(nrmse_median, rel=1e-5)
+        assert row["nrmse_median"] == pytest.approx(nrmse_median, rel=1e-5, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ command line
