@@ -42,6 +42,7 @@ from worldmodel.base import ModelBase
 from worldmodel.denoiser import HistoryHeads, ImageDenoiser, VectorDenoiser, edm_coefficients, edm_denoise
 from worldmodel.interface import Prediction, State
 from worldmodel.sampler import EDMSampler
+from worldmodel.target_scale import load_target_scale, set_target_scale
 
 
 @dataclass
@@ -173,26 +174,15 @@ class DiffusionWorldModel(ModelBase[DiffusionConfig]):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """A file written before `target_scale` existed denoises unscaled residuals (scale 1, as it was trained);
         a scale that is not finite and positive floats of shape (obs_dim,) is refused (the file is not trusted)."""
-        key = prefix + "target_scale"
         if self.scaled:
-            if key not in state_dict:
-                state_dict[key], state_dict[prefix + "target_scale_set"] = torch.ones(self.obs_dim), torch.tensor(True)
-            scale = state_dict[key]
-            if not (isinstance(scale, torch.Tensor) and scale.shape == (self.obs_dim,) and scale.is_floating_point()
-                    and bool(torch.isfinite(scale).all()) and bool((scale > 0).all())):
-                found = (f"shape {tuple(scale.shape)}, {scale.dtype}" if isinstance(scale, torch.Tensor)
-                         else type(scale).__name__)
-                raise InputError(f"diffusion: state_dict[{key!r}] ({found}): expected finite floats > 0 of shape "
-                                 f"({self.obs_dim},), the per-channel std of the residual target")
+            load_target_scale(state_dict, prefix, self.obs_dim, "the per-channel std of the residual target")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _set_target_scale(self, target: torch.Tensor) -> None:
         """Measure `target_scale` once, on the first training batch. A channel that (nearly) never changes keeps
         scale 1: dividing by its ~0 std would only amplify rounding (as in the ensemble)."""
-        if self.scaled and self.training and not bool(self.target_scale_set) and target.shape[0] > 1:
-            std = target.detach().float().flatten(0, -2).std(0)
-            self.target_scale.copy_(torch.where(std > 1e-3, std, torch.ones_like(std)))
-            self.target_scale_set.fill_(True)
+        if self.scaled and self.training:
+            set_target_scale(self.target_scale, self.target_scale_set, target)
 
     # -------------------------------------------------------------- device speed-ups
     def _prepare(self, device: torch.device) -> None:

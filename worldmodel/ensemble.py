@@ -23,6 +23,7 @@ from data_pipeline.schema import StoreSchema
 from data_pipeline.windows.batch import Batch, Normalization
 from worldmodel.base import ModelBase
 from worldmodel.interface import Prediction, State
+from worldmodel.target_scale import load_target_scale, set_target_scale
 
 Uncertainty = Literal["none", "own", "elites"]
 """What `EnsembleWorldModel.step` computes beside each trajectory's sample: "elites" runs every elite on every
@@ -138,14 +139,7 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """A file written before `target_scale` existed predicts unscaled targets (scale 1); a scale that is
         not finite and positive of shape (obs_dim + 1,) is refused (the file is not trusted)."""
-        key = prefix + "target_scale"
-        if key not in state_dict:
-            state_dict[key], state_dict[prefix + "target_scale_set"] = torch.ones(self.d_out), torch.tensor(True)
-        scale = state_dict[key]
-        if not (isinstance(scale, torch.Tensor) and scale.shape == (self.d_out,) and scale.is_floating_point()
-                and bool(torch.isfinite(scale).all()) and bool((scale > 0).all())):
-            found = f"shape {tuple(scale.shape)}" if isinstance(scale, torch.Tensor) else type(scale).__name__
-            raise ValueError(f"state_dict[{key!r}] ({found}): expected finite scales > 0 of shape ({self.d_out},)")
+        load_target_scale(state_dict, prefix, self.d_out, "the per-channel std of the Δobs and reward targets")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -------------------------------------------------------------- network
@@ -305,10 +299,7 @@ class EnsembleWorldModel(ModelBase[EnsembleConfig]):
     def _set_target_scale(self, target: torch.Tensor) -> None:
         """Measure `target_scale` once, on the first training batch. A channel that (nearly) never changes keeps
         scale 1: dividing by its ~0 std would only amplify rounding (CartPole's constant reward)."""
-        if not bool(self.target_scale_set) and target.shape[0] > 1:
-            std = target.detach().float().std(0)
-            self.target_scale.copy_(torch.where(std > 1e-3, std, torch.ones_like(std)))
-            self.target_scale_set.fill_(True)
+        set_target_scale(self.target_scale, self.target_scale_set, target)
 
     def member_losses(self, batch: Batch, bootstrap: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-member loss (E,): training, the Gaussian NLL of (Δobs, reward) plus the termination BCE, on a
