@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from data_pipeline.errors import InputError
 from data_pipeline.windows.batch import Batch
 from worldmodel.base import ModelBase
 from worldmodel.evaluation import evaluate, explain_evaluation, format_table
@@ -158,6 +159,18 @@ class BestWeights(Callback):
             print(text, flush=True)
 
 
+def plateau_schedule(optimizer: torch.optim.Optimizer, patience: int, factor: float) -> dict[str, Any]:
+    """Lightning's optimizer config with torch's ReduceLROnPlateau on `val/loss`: after `patience` epochs without
+    a lower validation loss the rate is multiplied by `factor`, down to 1/100 of where it started."""
+    # torch decays once its count of bad epochs exceeds its own patience: `patience - 1` decays after N of them.
+    lowest = min(float(group["lr"]) for group in optimizer.param_groups) / 100
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor,
+                                                           patience=patience - 1, min_lr=lowest)
+    # strict=False: a split without validation windows (already warned about) keeps the rate constant.
+    return {"optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False}}
+
+
 class WorldModelModule(L.LightningModule):
     """Lightning wrapper around a world model; the model is built in `configure_model` from the data."""
 
@@ -167,6 +180,8 @@ class WorldModelModule(L.LightningModule):
         config: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
+        lr_decay_patience: int | None = None,
+        lr_decay_factor: float = 0.5,
         seed: int = 0,
         eval_context: int = 8,
         eval_horizons: tuple[int, ...] = (1, 5, 10, 25, 50),
@@ -180,6 +195,11 @@ class WorldModelModule(L.LightningModule):
                 at the end of --help); `preset: tiny|small|medium` picks the size preset they apply to.
             lr: AdamW learning rate.
             weight_decay: AdamW weight decay.
+            lr_decay_patience: epochs without a lower val/loss after which the learning rate is multiplied by
+                `lr_decay_factor` (torch's ReduceLROnPlateau, down to lr/100); null (the default) keeps it
+                constant. The shipped ensemble configs set 3: a noisy validation loss then settles instead of
+                the fit keeping one lucky epoch (issue 14's CartPole; measured in BENCHMARKS.md, bench_zoo).
+            lr_decay_factor: the factor, in (0, 1).
             seed: seeds the model's per-step randomness (bootstraps, latent samples), so a resumed run
                 repeats an uninterrupted one.
             eval_context: real rows assimilated before open-loop evaluation.
@@ -187,6 +207,10 @@ class WorldModelModule(L.LightningModule):
             eval_samples: imagined samples per evaluation window (coverage, CRPS).
             eval_windows: evaluation windows at most, from the split being evaluated.
         """
+        if not 0.0 < lr_decay_factor < 1.0 or (lr_decay_patience is not None and lr_decay_patience < 1):
+            raise InputError(f"model.lr_decay_factor {lr_decay_factor} / model.lr_decay_patience "
+                             f"{lr_decay_patience}: expected a factor in (0, 1) and a patience of at least 1 epoch "
+                             "(or null: a constant rate)")
         super().__init__()
         self.save_hyperparameters()
         self.kind = kind
@@ -306,9 +330,13 @@ class WorldModelModule(L.LightningModule):
         for k, v in metrics.items():
             self.log(f"test_eval/{k}", v, batch_size=1)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.world_model.parameters(), lr=self.hparams["lr"],
-                                 weight_decay=self.hparams["weight_decay"])
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.world_model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        patience = hp.get("lr_decay_patience")  # absent from checkpoints written before it existed: constant
+        if patience is None:
+            return optimizer
+        return plateau_schedule(optimizer, int(patience), float(hp.get("lr_decay_factor", 0.5)))
 
     def _stop_on_non_finite(self, loss: torch.Tensor, batch: Batch, batch_idx: int) -> None:
         """Write `last-good.ckpt` (the state before this step: the update has not happened) and raise.

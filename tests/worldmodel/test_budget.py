@@ -13,8 +13,9 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from training_helpers import quiet_trainer
 
+from data_pipeline.errors import InputError
 from data_pipeline.windows.datamodule import EPOCH_BATCHES, WindowDataModule, epoch_batches
-from worldmodel.lightning import BestWeights
+from worldmodel.lightning import BestWeights, WorldModelModule, plateau_schedule
 
 
 def test_an_epoch_is_one_pass_over_the_train_split_within_bounds() -> None:
@@ -120,3 +121,35 @@ def test_fit_prints_why_it_stopped_and_saves_the_best_weights(tmp_path, tiny_sto
     run_id = (run / "mlflow_run_id").read_text()
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
     assert tags["twinworld.stopped"].startswith("early stopping (val/loss did not improve")
+
+
+class Decaying(Scripted):
+    """Scripted, with `plateau_schedule` on an AdamW whose rate is recorded at the start of every epoch."""
+
+    def __init__(self, val_losses: list[float], patience: int) -> None:
+        super().__init__(val_losses)
+        self.patience = patience
+        self.rates: list[float] = []
+
+    def on_train_epoch_start(self) -> None:
+        self.rates.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def configure_optimizers(self) -> dict:  # type: ignore[override]
+        return plateau_schedule(torch.optim.AdamW(self.parameters(), lr=1e-3), self.patience, 0.5)
+
+
+def test_the_learning_rate_halves_after_patience_epochs_without_a_lower_val_loss(tmp_path) -> None:
+    """A noisy validation loss settles: 2 epochs without a new low halve the rate, a new low resets the count."""
+    module = Decaying([3.0, 2.0, 2.5, 2.4, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6], patience=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet_trainer(tmp_path, [], max_epochs=11).fit(module)
+    # epochs 2, 3 bad -> halved from epoch 4; epoch 4 a new low; 5, 6 bad -> halved from 7; 7, 8 bad -> from 9
+    assert module.rates == pytest.approx([1e-3] * 4 + [5e-4] * 3 + [2.5e-4] * 2 + [1.25e-4] * 2)
+
+
+def test_a_learning_rate_decay_that_cannot_work_is_refused_before_the_data_is_read() -> None:
+    for patience, factor in ((0, 0.5), (3, 1.0), (3, 0.0), (3, -0.5)):
+        with pytest.raises(InputError, match="model.lr_decay_factor .* expected a factor in \\(0, 1\\)"):
+            WorldModelModule(lr_decay_patience=patience, lr_decay_factor=factor)
+    assert WorldModelModule(lr_decay_patience=None).hparams["lr_decay_patience"] is None  # a constant rate
