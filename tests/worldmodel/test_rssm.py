@@ -254,3 +254,30 @@ def test_image_64x64_single_channel() -> None:
                               torch.tensor([[True, False, False]] * 2))
         _, pred = model.step(state, torch.tensor([0, 2]), torch.Generator().manual_seed(0))
     assert pred.obs.shape == (2, 64, 64, 1) and math.isfinite(pred.uncertainty.sum().item())
+
+
+def test_validation_loss_is_the_one_step_prediction_error_not_the_decoder_nll() -> None:
+    """Early stopping, the best weights and the LR decay follow what an imagined step predicts. A decoder std
+    that shrinks on the train split blows up the validation NLL while the predictions still improve (the zoo's
+    tank kept epoch 0); the validation loss must not see the std, nor the first row of an episode (no prior)."""
+    model = _model("box", "gaussian").eval()
+    batch = _batch("box", b=6, t=10)
+    with torch.no_grad():
+        torch.manual_seed(1)  # the filter's posterior samples
+        loss, metrics = model.loss(batch)
+        assert torch.equal(loss, metrics["prior_mse"]) and float(loss) > 0
+        last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.bias[OBS_DIM:] -= 20.0  # the decoder's std collapses to its floor: the NLL explodes
+        torch.manual_seed(1)
+        shrunk, shrunk_metrics = model.loss(batch)
+        assert shrunk_metrics["obs_nll"] > 10 * metrics["obs_nll"]
+        assert torch.allclose(shrunk, loss)
+        obs = batch.obs.clone()
+        obs[:, 0] += 100.0  # an episode's first row is filtered, never predicted
+        torch.manual_seed(1)
+        first_changed = model.loss(Batch(obs=obs, action=batch.action, reward=batch.reward,
+                                         terminated=batch.terminated, is_first=batch.is_first,
+                                         is_last=batch.is_last))[1]["prior_mse"]
+    assert "prior_mse" not in model.train().loss(batch)[1]  # training pays for no extra decode
+    # Scored, the first row would add (100 / std 2)² / 10 steps = 250; its embedding moves the later states only.
+    assert float(first_changed) < 2 * float(loss)
