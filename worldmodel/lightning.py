@@ -333,10 +333,9 @@ class WorldModelModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.world_model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        patience = hp.get("lr_decay_patience")  # absent from checkpoints written before it existed: constant
-        if patience is None:
+        if hp["lr_decay_patience"] is None:
             return optimizer
-        return plateau_schedule(optimizer, int(patience), float(hp.get("lr_decay_factor", 0.5)))
+        return plateau_schedule(optimizer, hp["lr_decay_patience"], hp["lr_decay_factor"])
 
     def _stop_on_non_finite(self, loss: torch.Tensor, batch: Batch, batch_idx: int) -> None:
         """Write `last-good.ckpt` (the state before this step: the update has not happened) and raise.

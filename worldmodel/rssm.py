@@ -390,8 +390,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
 
         total = (c.obs_scale * obs_loss + c.reward_scale * reward_loss
                  + c.termination_scale * term_loss + kl_loss)
-        metrics = {} if self.training else {"prior_mse": self._prior_mse(deter, prior, target, is_first)}
-        metrics |= {
+        metrics = {
             "obs_nll": obs_loss.detach(),
             "obs_mse": ((target - mean) ** 2).mean().detach(),
             "obs_std": std.mean().detach(),
@@ -400,7 +399,7 @@ class RSSMWorldModel(ModelBase[RSSMConfig]):
             "kl": kl_dyn.mean().detach(),
         }
         if not self.training:  # validation and test: what an imagined step predicts (see `_prior_mse`)
-            total = metrics["prior_mse"]
+            total = metrics["prior_mse"] = self._prior_mse(deter, prior, target, is_first)
         return total, metrics
 
     def _prior_mse(self, deter: torch.Tensor, prior: torch.Tensor, target: torch.Tensor, is_first: torch.Tensor
